@@ -1,0 +1,1 @@
+"""The latent cache: content keys and the Redis-backed latent store."""

@@ -1,0 +1,1 @@
+"""Safety layer: validation and sanitising of untrusted uploads before anything is queued."""

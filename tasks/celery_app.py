@@ -1,0 +1,57 @@
+"""The Celery app and its configuration (long tasks, at-least-once delivery)."""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+from kombu import Queue
+
+from tasks.settings import QUEUES, Settings, get_settings
+
+
+def celery_config(settings: Settings) -> dict:
+    """Baseline settings for long tasks with at-least-once delivery.
+
+    The broker's visibility timeout is longer than the hard time limit, which is longer than
+    the soft one, so a task that is still running is never handed to a second worker.
+    Producers (the web app) use the same transport options as workers.
+    """
+    return {
+        "broker_url": settings.broker(),
+        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_connection_retry_on_startup": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": settings.task_soft_time_limit,
+        "task_time_limit": settings.task_time_limit,
+        "task_ignore_result": True,
+        "result_backend": None,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": "cpu",
+        "task_queues": [Queue(name) for name in QUEUES],
+        "task_create_missing_queues": False,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+    }
+
+
+def create_celery(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    celery = Celery("pixelmill", include=["tasks.stages"])
+    celery.conf.update(celery_config(settings))
+    return celery
+
+
+app = create_celery()
+
+
+@worker_process_init.connect
+def _load_models(**_: object) -> None:
+    """Load models in the child after fork: CUDA must never be touched in the parent."""
+    from tasks.runtime import get_runtime
+
+    get_runtime().warm_up()

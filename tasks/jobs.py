@@ -1,0 +1,160 @@
+"""The Job model: its status, its parameters and the record kept for it."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tasks.settings import STAGES
+
+
+class JobStatus(str, Enum):
+    QUEUED = "queued"
+    ENCODING = "encoding"
+    GENERATING = "generating"
+    ENHANCING = "enhancing"
+    AUDITING = "auditing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    BLOCKED = "blocked"
+    CANCELED = "canceled"
+
+    def is_terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.BLOCKED, JobStatus.CANCELED})
+
+# The status a job has while each stage runs.
+STAGE_STATUS: dict[str, JobStatus] = {
+    "encode": JobStatus.ENCODING,
+    "generate": JobStatus.GENERATING,
+    "enhance": JobStatus.ENHANCING,
+    "audit": JobStatus.AUDITING,
+}
+
+# Allowed moves. A job moves forward through the stages (a re-delivered stage may
+# re-enter its own status); any live state may end failed or canceled.
+_ORDER = [JobStatus.QUEUED, *STAGE_STATUS.values()]
+ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
+    status: frozenset(_ORDER[i:] + [JobStatus.FAILED, JobStatus.CANCELED])
+    | ({JobStatus.SUCCEEDED, JobStatus.BLOCKED} if status is JobStatus.AUDITING else set())
+    for i, status in enumerate(_ORDER)
+}
+for _terminal in TERMINAL:
+    ALLOWED[_terminal] = frozenset()
+
+
+def can_move(current: JobStatus, new: JobStatus) -> bool:
+    return new in ALLOWED[current]
+
+
+Engine = Literal["style", "diffusion"]
+StyleName = Literal["cartoon", "sketch", "watercolor", "product"]
+
+
+class JobParams(BaseModel):
+    """What a caller asks for. Validated at the edge; stored on the job as given."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: Engine = "style"
+    style: StyleName = "cartoon"
+    style_strength: float = Field(1.0, ge=0.0, le=1.0)
+    prompt: str = Field("", max_length=1000)
+    negative_prompt: str = Field("", max_length=1000)
+    strength: float = Field(0.6, gt=0.0, le=1.0)
+    steps: int = Field(20, ge=1, le=150)
+    guidance: float = Field(7.5, ge=0.0, le=30.0)
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    size: int = Field(512, ge=64, le=2048)
+    upscale: Literal[1, 2, 4] = 1
+    sharpen: bool = False
+    local_contrast: bool = False
+
+    @model_validator(mode="after")
+    def _enough_steps(self) -> "JobParams":
+        if self.engine == "diffusion" and int(self.steps * self.strength) < 1:
+            raise ValueError(
+                f"steps × strength = {self.steps} × {self.strength} runs no denoising step; "
+                "raise steps or strength"
+            )
+        return self
+
+
+@dataclass
+class StageRecord:
+    started_at: float | None = None
+    finished_at: float | None = None
+    seconds: float | None = None
+    attempts: int = 0
+    done: bool = False
+    cached: bool = False
+    queue: str | None = None
+    worker: str | None = None
+
+
+@dataclass
+class Job:
+    id: str
+    tenant: str
+    params: dict[str, Any]
+    input_ref: str
+    input_name: str = ""
+    batch_id: str | None = None
+    status: JobStatus = JobStatus.QUEUED
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+    stages: dict[str, StageRecord] = field(default_factory=lambda: {s: StageRecord() for s in STAGES})
+    outputs: dict[str, str] = field(default_factory=dict)
+    audit: dict[str, Any] | None = None
+    error: dict[str, str] | None = None
+
+    @classmethod
+    def create(cls, *, tenant: str, params: JobParams, input_ref: str, input_name: str = "",
+               batch_id: str | None = None) -> "Job":
+        return cls(
+            id=new_id(),
+            tenant=tenant,
+            params=params.model_dump(),
+            input_ref=input_ref,
+            input_name=input_name,
+            batch_id=batch_id,
+        )
+
+    @property
+    def job_params(self) -> JobParams:
+        return JobParams(**self.params)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["status"] = self.status.value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Job":
+        data = dict(data)
+        data["status"] = JobStatus(data["status"])
+        data["stages"] = {name: StageRecord(**rec) for name, rec in data["stages"].items()}
+        return cls(**data)
+
+
+@dataclass
+class Batch:
+    id: str
+    tenant: str
+    job_ids: list[str]
+    created_at: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,44 @@
+"""The chain builder and the routing policy: the only places that know the stage order
+and which queue runs what."""
+
+from __future__ import annotations
+
+from celery import chain
+
+from tasks.jobs import Job
+from tasks.settings import STAGES, Settings
+
+# (stage, engine) → queue; "*" matches any engine.
+DEFAULT_ROUTES: dict[str, str] = {
+    "encode:diffusion": "gpu",
+    "generate:diffusion": "gpu",
+    "encode:style": "cpu",
+    "generate:style": "cpu",
+    "enhance:*": "cpu",
+    "audit:*": "cpu",
+    "notify:*": "io",
+}
+
+
+def route_for(stage: str, engine: str, *, overrides: dict[str, str] | None = None) -> str:
+    """The queue that runs ``stage`` for ``engine``. Overrides (setting ``routes``) win."""
+    routes = {**DEFAULT_ROUTES, **(overrides or {})}
+    for key in (f"{stage}:{engine}", f"{stage}:*"):
+        if key in routes:
+            return routes[key]
+    raise KeyError(f"no route for stage {stage!r} and engine {engine!r}")
+
+
+def build_chain(job: Job, settings: Settings) -> chain:
+    """encode → generate → enhance → audit, as immutable signatures carrying only the job id."""
+    from tasks.stages import STAGE_TASKS
+
+    engine = job.params["engine"]
+    return chain(
+        STAGE_TASKS[stage].si(job.id).set(queue=route_for(stage, engine, overrides=settings.routes))
+        for stage in STAGES
+    )
+
+
+def enqueue(job: Job, settings: Settings) -> None:
+    build_chain(job, settings).apply_async()

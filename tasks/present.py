@@ -1,0 +1,79 @@
+"""The public shape of jobs and batches: what the API returns and webhooks carry (links, never bytes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tasks.jobs import Batch, Job, JobStatus
+from tasks.settings import STAGES
+
+
+def job_payload(job: Job, *, progress: dict[str, Any] | None = None, base_url: str = "") -> dict[str, Any]:
+    api = f"{base_url}/api/v1/jobs/{job.id}"
+    links = {"self": api, "page": f"{base_url}/jobs/{job.id}", "input": f"{api}/input"}
+    if job.status is JobStatus.SUCCEEDED:
+        links["result"] = f"{api}/result"
+    if job.batch_id:
+        links["batch"] = f"{base_url}/api/v1/batches/{job.batch_id}"
+    return {
+        "id": job.id,
+        "batch_id": job.batch_id,
+        "status": job.status.value,
+        "stage": current_stage(job),
+        "progress": progress or None,
+        "params": job.params,
+        "input_name": job.input_name,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "finished_at": job.finished_at,
+        "stages": {name: _stage_payload(job, name) for name in STAGES},
+        "audit": job.audit,
+        "error": job.error,
+        "links": links,
+    }
+
+
+def current_stage(job: Job) -> str | None:
+    if job.status.is_terminal():
+        return None
+    for name in STAGES:
+        if not job.stages[name].done:
+            return name
+    return None
+
+
+def _stage_payload(job: Job, name: str) -> dict[str, Any]:
+    record = job.stages[name]
+    if record.done:
+        state = "done"
+    elif record.started_at and not job.status.is_terminal():
+        state = "running"
+    elif record.started_at:
+        state = "stopped"
+    else:
+        state = "pending"
+    return {
+        "state": state,
+        "cached": record.cached,
+        "seconds": record.seconds,
+        "attempts": record.attempts,
+        "queue": record.queue,
+        "worker": record.worker,
+    }
+
+
+def batch_payload(batch: Batch, jobs: list[Job], *, base_url: str = "") -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.status.value] = counts.get(job.status.value, 0) + 1
+    done = sum(1 for job in jobs if job.status.is_terminal())
+    return {
+        "id": batch.id,
+        "created_at": batch.created_at,
+        "status": "done" if done == len(jobs) else "running",
+        "total": len(jobs),
+        "done": done,
+        "counts": counts,
+        "jobs": [job_payload(job, base_url=base_url) for job in jobs],
+        "links": {"self": f"{base_url}/api/v1/batches/{batch.id}", "page": f"{base_url}/batches/{batch.id}"},
+    }

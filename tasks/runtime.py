@@ -1,0 +1,57 @@
+"""What a process needs to run stages: clients and stores, built lazily once per process."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
+
+import redis
+
+from cache.latents import LatentStore
+from tasks.blobs import BlobStore
+from tasks.settings import Settings, get_settings
+from tasks.store import JobStore
+from workers import residency
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(self.settings.redis_url, health_check_interval=30,
+                                    socket_connect_timeout=5, socket_timeout=30)
+
+    @cached_property
+    def store(self) -> JobStore:
+        return JobStore(self.redis, ttl_s=self.settings.job_ttl_s)
+
+    @cached_property
+    def blobs(self) -> BlobStore:
+        return BlobStore(self.settings.blob_dir)
+
+    @cached_property
+    def latents(self) -> LatentStore:
+        return LatentStore(self.redis, ttl_s=self.settings.latent_ttl_s)
+
+    def diffusion(self) -> residency.LoadedDiffusion:
+        return residency.diffusion_engine(
+            model=self.settings.diffusion_model,
+            revision=self.settings.diffusion_revision,
+            device=self.settings.device,
+            dtype=self.settings.dtype,
+        )
+
+    def warm_up(self) -> None:
+        if self.settings.preload_models and self.settings.diffusion_model:
+            loaded = self.diffusion()
+            log.info("diffusion model %s resident on %s (%s)", loaded.engine.model, loaded.device, loaded.dtype_name)
+
+
+@lru_cache(maxsize=1)
+def get_runtime() -> Runtime:
+    return Runtime(get_settings())

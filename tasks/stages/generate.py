@@ -1,0 +1,59 @@
+"""generate: restyle (style engine) or denoise from the cached latent (diffusion engine)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from tasks.celery_app import app
+from tasks.jobs import Job
+from tasks.runtime import Runtime
+from tasks.stages.base import StageResult, load_image, run_stage, save_image
+from workers.diffusion import GenerateParams
+from workers.styles import apply_style
+
+PROGRESS_EVERY_S = 0.25
+
+
+@app.task(name="pixelmill.generate", bind=True)
+def generate(self, job_id: str) -> None:
+    run_stage(self, job_id, "generate", _generate)
+
+
+def _generate(job: Job, rt: Runtime) -> StageResult:
+    params = job.job_params
+    if params.engine == "style":
+        image = load_image(rt, job.outputs["normalized"])
+        styled = apply_style(image, params.style, strength=params.style_strength)
+        return StageResult(outputs={"generated": save_image(rt, styled)})
+
+    engine = rt.diffusion().engine
+    latent = rt.latents.fetch(job.outputs["latent"])
+    with torch.inference_mode():
+        if latent is None:  # evicted or Redis was unavailable: recompute rather than fail
+            latents = engine.encode(load_image(rt, job.outputs["normalized"]))
+        else:
+            latents = torch.from_numpy(latent)
+        image = engine.generate(
+            latents,
+            GenerateParams(prompt=params.prompt, negative_prompt=params.negative_prompt,
+                           strength=params.strength, steps=params.steps,
+                           guidance=params.guidance, seed=params.seed or 0),
+            on_step=_progress_reporter(job, rt),
+        )
+    return StageResult(outputs={"generated": save_image(rt, image)})
+
+
+def _progress_reporter(job: Job, rt: Runtime):
+    last = 0.0
+
+    def on_step(step: int, steps: int) -> bool:
+        nonlocal last
+        now = time.monotonic()
+        if step == steps or now - last >= PROGRESS_EVERY_S:
+            rt.store.save_progress(job.id, stage="generate", step=step, steps=steps)
+            last = now
+        return False
+
+    return on_step

@@ -1,0 +1,159 @@
+"""The job store on Redis. One place changes a job's state: the named transitions below,
+each one Redis transaction (WATCH/MULTI, as rq does). Terminal states never change again."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from tasks.errors import InvalidTransition, JobNotFound
+from tasks.jobs import STAGE_STATUS, Batch, Job, JobStatus, can_move
+
+PREFIX = "pixelmill"
+
+
+def key_for(kind: str, *parts: str) -> str:
+    """Every Redis key of the job store: ``pixelmill:<kind>:<parts…>``."""
+    return ":".join((PREFIX, kind, *parts))
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, *, ttl_s: int = 7 * 24 * 3600) -> None:
+        self.redis = client
+        self.ttl_s = ttl_s
+
+    # --- reads ----------------------------------------------------------------------------
+    def fetch(self, job_id: str) -> Job:
+        raw = self.redis.get(key_for("job", job_id))
+        if raw is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
+        return Job.from_dict(json.loads(raw))
+
+    def fetch_progress(self, job_id: str) -> dict[str, Any]:
+        raw = self.redis.hgetall(key_for("progress", job_id))
+        return {k.decode(): (v.decode() if k == b"stage" else int(v)) for k, v in raw.items()}
+
+    def fetch_batch(self, batch_id: str) -> Batch:
+        raw = self.redis.get(key_for("batch", batch_id))
+        if raw is None:
+            raise JobNotFound(f"no batch with id {batch_id!r}")
+        return Batch(**json.loads(raw))
+
+    def recent(self, tenant: str, *, limit: int = 50) -> list[Job]:
+        ids = self.redis.zrevrange(key_for("recent", tenant), 0, limit - 1)
+        jobs = []
+        for raw in self.redis.mget([key_for("job", i.decode()) for i in ids]) if ids else []:
+            if raw is not None:
+                jobs.append(Job.from_dict(json.loads(raw)))
+        return jobs
+
+    # --- writes ---------------------------------------------------------------------------
+    def create(self, job: Job) -> Job:
+        with self.redis.pipeline() as pipe:
+            pipe.set(key_for("job", job.id), _dumps(job), ex=self.ttl_s, nx=True)
+            pipe.zadd(key_for("recent", job.tenant), {job.id: job.created_at})
+            pipe.zremrangebyrank(key_for("recent", job.tenant), 0, -1001)
+            pipe.execute()
+        return job
+
+    def create_batch(self, batch: Batch, jobs: list[Job]) -> Batch:
+        with self.redis.pipeline() as pipe:
+            for job in jobs:
+                pipe.set(key_for("job", job.id), _dumps(job), ex=self.ttl_s, nx=True)
+                pipe.zadd(key_for("recent", job.tenant), {job.id: job.created_at})
+            pipe.set(key_for("batch", batch.id), json.dumps(batch.to_dict()), ex=self.ttl_s)
+            pipe.execute()
+        return batch
+
+    def start_stage(self, job_id: str, stage: str, *, queue: str | None, worker: str | None) -> Job:
+        """Enter a stage (also on a re-delivery: attempts counts every start)."""
+
+        def change(job: Job) -> None:
+            _move(job, STAGE_STATUS[stage])
+            record = job.stages[stage]
+            record.started_at = time.time()
+            record.attempts += 1
+            record.queue, record.worker = queue, worker
+
+        return self._update(job_id, change)
+
+    def finish_stage(self, job_id: str, stage: str, *, outputs: dict[str, str], cached: bool = False,
+                     end: JobStatus | None = None, audit: dict[str, Any] | None = None) -> Job:
+        """Mark a stage done and record its outputs: the done marker a re-run checks first.
+
+        The last stage passes ``end`` (succeeded or blocked) so that its done marker and the
+        job's terminal state are written in the same transaction.
+        """
+
+        def change(job: Job) -> None:
+            if end is not None:
+                _move(job, end)
+                job.finished_at = time.time()
+                job.audit = audit
+            elif job.status.is_terminal():
+                raise InvalidTransition(f"job {job.id} is already {job.status.value}")
+            record = job.stages[stage]
+            record.finished_at = time.time()
+            record.seconds = round(record.finished_at - (record.started_at or record.finished_at), 4)
+            record.done, record.cached = True, cached
+            job.outputs.update(outputs)
+
+        job = self._update(job_id, change)
+        self.redis.delete(key_for("progress", job_id))
+        return job
+
+    def fail(self, job_id: str, *, code: str, message: str) -> Job:
+        return self._finish(job_id, JobStatus.FAILED, error={"code": code, "message": message})
+
+    def cancel(self, job_id: str) -> Job:
+        return self._finish(job_id, JobStatus.CANCELED, error={"code": "canceled", "message": "canceled by request"})
+
+    def save_progress(self, job_id: str, *, stage: str, step: int, steps: int) -> None:
+        key = key_for("progress", job_id)
+        with self.redis.pipeline() as pipe:
+            pipe.hset(key, mapping={"stage": stage, "step": step, "steps": steps})
+            pipe.expire(key, self.ttl_s)
+            pipe.execute()
+
+    # --- internals ------------------------------------------------------------------------
+    def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> Job:
+        def change(job: Job) -> None:
+            _move(job, status)
+            job.finished_at = time.time()
+            for name, value in fields.items():
+                setattr(job, name, value)
+
+        return self._update(job_id, change)
+
+    def _update(self, job_id: str, change: Callable[[Job], None]) -> Job:
+        key = key_for("job", job_id)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise JobNotFound(f"no job with id {job_id!r}")
+                    job = Job.from_dict(json.loads(raw))
+                    change(job)
+                    job.updated_at = time.time()
+                    pipe.multi()
+                    pipe.set(key, _dumps(job), keepttl=True)
+                    pipe.execute()
+                    return job
+                except redis.WatchError:
+                    continue
+
+
+def _move(job: Job, status: JobStatus) -> None:
+    if not can_move(job.status, status):
+        raise InvalidTransition(f"job {job.id} cannot move from {job.status.value} to {status.value}")
+    job.status = status
+
+
+def _dumps(job: Job) -> str:
+    return json.dumps(job.to_dict(), separators=(",", ":"))

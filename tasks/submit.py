@@ -1,0 +1,87 @@
+"""Submitting work: validate the upload, store the original, write the job, enqueue its chain.
+
+Nothing here waits on a worker. If the chain cannot be enqueued the job is marked failed
+(never left half-written) and the error goes back to the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+
+from kombu.exceptions import OperationalError
+
+from safety.errors import InputRejected
+from safety.validate import UploadLimits, validate_image
+from tasks.errors import PixelmillError
+from tasks.jobs import Batch, Job, JobParams, new_id
+from tasks.pipeline import enqueue
+from tasks.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class QueueUnavailable(PixelmillError):
+    code = "queue_unavailable"
+    status = 503
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    data: bytes
+
+
+def upload_limits(rt: Runtime) -> UploadLimits:
+    s = rt.settings
+    return UploadLimits(max_bytes=s.max_upload_bytes, max_side=s.max_side, max_pixels=s.max_pixels)
+
+
+def with_seed(params: JobParams) -> JobParams:
+    """A job always records the seed it ran with, so it can be reproduced."""
+    if params.seed is not None:
+        return params
+    return params.model_copy(update={"seed": secrets.randbelow(2**32)})
+
+
+def submit_job(rt: Runtime, *, tenant: str, upload: Upload, params: JobParams) -> Job:
+    job = _prepare(rt, tenant=tenant, upload=upload, params=with_seed(params))
+    rt.store.create(job)
+    _enqueue(rt, [job])
+    return job
+
+
+def submit_batch(rt: Runtime, *, tenant: str, uploads: list[Upload], params: JobParams) -> tuple[Batch, list[Job]]:
+    """N jobs under one batch id. Every upload is validated before any job is written."""
+    batch_id = new_id()
+    jobs = [
+        _prepare(rt, tenant=tenant, upload=upload, params=with_seed(params), batch_id=batch_id)
+        for upload in uploads
+    ]
+    batch = Batch(id=batch_id, tenant=tenant, job_ids=[job.id for job in jobs])
+    rt.store.create_batch(batch, jobs)
+    _enqueue(rt, jobs)
+    return batch, jobs
+
+
+def _prepare(rt: Runtime, *, tenant: str, upload: Upload, params: JobParams, batch_id: str | None = None) -> Job:
+    try:
+        clean = validate_image(upload.data, limits=upload_limits(rt))
+    except InputRejected as e:
+        if batch_id is None:
+            raise
+        raise InputRejected(e.code, f"{upload.name}: {e} (nothing in this batch was queued)", status=e.status) from e
+    ref = rt.blobs.save(clean.png, ext="png")
+    return Job.create(tenant=tenant, params=params, input_ref=ref, input_name=upload.name, batch_id=batch_id)
+
+
+def _enqueue(rt: Runtime, jobs: list[Job]) -> None:
+    for i, job in enumerate(jobs):
+        try:
+            enqueue(job, rt.settings)
+        except OperationalError as e:
+            log.error("could not enqueue job %s: %s", job.id, e)
+            for unqueued in jobs[i:]:
+                rt.store.fail(unqueued.id, code="queue_unavailable", message="the job queue was unavailable; submit again")
+            raise QueueUnavailable("the job queue is unavailable right now; try again in a minute") from e

@@ -1,0 +1,58 @@
+"""The HTML pages: upload form, job and batch pages, gallery."""
+
+from __future__ import annotations
+
+from flask import Blueprint, redirect, render_template, request, url_for
+
+from tasks.jobs import JobParams
+from tasks.present import batch_payload, job_payload
+from tasks.submit import submit_batch, submit_job
+from web.extensions import base_url, current_tenant, fetch_batch, fetch_job, pixelmill
+from web.forms import read_params, read_uploads
+from workers.styles import STYLES
+
+bp = Blueprint("ui", __name__)
+
+
+@bp.get("/")
+def index():
+    rt = pixelmill.runtime
+    recent = rt.store.recent(current_tenant(), limit=8)
+    return render_template(
+        "index.html",
+        styles=STYLES,
+        defaults=JobParams(),
+        diffusion_enabled=bool(rt.settings.diffusion_model),
+        recent=[job_payload(job) for job in recent],
+    )
+
+
+@bp.post("/submit")
+def submit():
+    rt = pixelmill.runtime
+    params = read_params(request, strict=False)
+    uploads = read_uploads(request, field="images", max_files=rt.settings.max_batch_files)
+    if len(uploads) == 1:
+        job = submit_job(rt, tenant=current_tenant(), upload=uploads[0], params=params)
+        return redirect(url_for("ui.show_job", job_id=job.id), code=303)
+    batch, _ = submit_batch(rt, tenant=current_tenant(), uploads=uploads, params=params)
+    return redirect(url_for("ui.show_batch", batch_id=batch.id), code=303)
+
+
+@bp.get("/jobs/<job_id>")
+def show_job(job_id: str):
+    job = fetch_job(job_id)
+    progress = pixelmill.runtime.store.fetch_progress(job_id)
+    return render_template("job.html", job=job_payload(job, progress=progress, base_url=base_url()))
+
+
+@bp.get("/batches/<batch_id>")
+def show_batch(batch_id: str):
+    batch, jobs = fetch_batch(batch_id)
+    return render_template("batch.html", batch=batch_payload(batch, jobs, base_url=base_url()))
+
+
+@bp.get("/gallery")
+def gallery():
+    jobs = pixelmill.runtime.store.recent(current_tenant(), limit=60)
+    return render_template("gallery.html", jobs=[job_payload(job) for job in jobs])

@@ -1,0 +1,1 @@
+"""Image engines run by the pixelmill workers."""

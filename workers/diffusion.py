@@ -1,0 +1,214 @@
+"""Stable Diffusion img2img engine: encode an image to latents, then denoise latents into an image.
+
+Free of Celery, Redis and Flask: it takes numpy images and torch latents and returns numpy images.
+The two halves are split so that a caller can cache the latents of an input image and run many
+generations from them (the pipeline accepts 4-channel latents as its `image` and skips the VAE encode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline
+from PIL import Image
+
+from workers.errors import EngineError, Interrupted, ModelLoadError
+
+StepCallback = Callable[[int, int], bool | None]
+
+LATENT_CHANNELS = 4
+MAX_STEPS = 200
+MAX_GUIDANCE = 50.0
+MODEL_SETTING = "PIXELMILL_DIFFUSION_MODEL"
+
+
+@dataclass(frozen=True)
+class GenerateParams:
+    """What to generate from a set of latents."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    strength: float = 0.6  # (0, 1]: how much noise is added to the input, so how far the result may stray
+    steps: int = 20  # denoising steps for strength 1; only int(steps * strength) of them are run
+    guidance: float = 7.5
+    seed: int = 0
+
+    @property
+    def denoising_steps(self) -> int:
+        """The number of denoising steps actually run (as diffusers counts them)."""
+        return min(int(self.steps * self.strength), self.steps)
+
+    def validate(self) -> None:
+        """Raise EngineError naming the first out-of-range parameter."""
+        if not 0 < self.strength <= 1:
+            raise EngineError(f"strength must be in (0, 1], got {self.strength}")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise EngineError(f"steps must be between 1 and {MAX_STEPS}, got {self.steps}")
+        if not 0 <= self.guidance <= MAX_GUIDANCE:
+            raise EngineError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {self.guidance}")
+        if not 0 <= self.seed < 2**64:
+            raise EngineError(f"seed must be between 0 and 2**64 - 1, got {self.seed}")
+        if self.denoising_steps < 1:
+            raise EngineError(
+                f"steps={self.steps} at strength={self.strength} runs no denoising step "
+                "(int(steps * strength) is 0): raise steps or strength"
+            )
+
+
+def _check_rgb(image: np.ndarray) -> None:
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise EngineError(f"expected an HxWx3 uint8 RGB image, got shape {image.shape} and dtype {image.dtype}")
+
+
+def normalise_for_diffusion(image: np.ndarray, *, size: int, multiple: int = 8) -> np.ndarray:
+    """Resize so the longer side is `size` (keeping the aspect ratio), then centre-crop each side to a `multiple`."""
+    _check_rgb(image)
+    if size < multiple:
+        raise EngineError(f"size must be at least {multiple}, got {size}")
+    height, width = image.shape[:2]
+    scale = size / max(height, width)
+    resized_h, resized_w = max(1, round(height * scale)), max(1, round(width * scale))
+    crop_h, crop_w = resized_h - resized_h % multiple, resized_w - resized_w % multiple
+    if crop_h == 0 or crop_w == 0:
+        raise EngineError(
+            f"a {width}x{height} image is too narrow: at size {size} its short side is under {multiple} pixels"
+        )
+    resized = np.asarray(Image.fromarray(image).resize((resized_w, resized_h), Image.Resampling.LANCZOS))
+    top, left = (resized_h - crop_h) // 2, (resized_w - crop_w) // 2
+    return np.ascontiguousarray(resized[top : top + crop_h, left : left + crop_w])
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    """The first of a batch of float images in [0, 1] as uint8 HxWx3."""
+    return (images[0] * 255).round().astype(np.uint8)
+
+
+def _load_failure(model: str, revision: str | None, exc: Exception) -> ModelLoadError:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    at = f" at revision {revision!r}" if revision else ""
+    return ModelLoadError(
+        f"could not load diffusion model {model!r}{at}: {reason}. Set {MODEL_SETTING} to a local folder "
+        "saved with save_pretrained or a hub id reachable from this machine"
+    )
+
+
+class DiffusionEngine:
+    """A loaded Stable Diffusion img2img pipeline."""
+
+    def __init__(
+        self,
+        pipe: StableDiffusionImg2ImgPipeline,
+        *,
+        model: str,
+        revision: str | None,
+        device: str,
+        dtype: torch.dtype,
+    ) -> None:
+        self._pipe = pipe
+        self.model = model
+        self.revision = revision
+        self.device = device
+        self.dtype = dtype
+        self.vae_scale_factor: int = pipe.vae_scale_factor
+
+    @classmethod
+    def load(
+        cls,
+        model: str,
+        *,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        revision: str | None = None,
+    ) -> DiffusionEngine:
+        """Load `model` (a save_pretrained folder or hub id) onto `device`; raise ModelLoadError if that fails."""
+        try:
+            pipe = StableDiffusionImg2ImgPipeline.from_pretrained(
+                model,
+                dtype=dtype,
+                revision=revision,
+                safety_checker=None,
+                requires_safety_checker=False,
+            )
+            pipe = pipe.to(device)
+        except Exception as exc:  # any failure here means the configured model is unusable
+            raise _load_failure(model, revision, exc) from exc
+        pipe.set_progress_bar_config(disable=True)
+        return cls(pipe, model=model, revision=revision, device=device, dtype=dtype)
+
+    def encode(self, image: np.ndarray) -> torch.Tensor:
+        """Encode an HxWx3 uint8 RGB image to scaled latents (1, 4, H/f, W/f), float32 on the CPU."""
+        _check_rgb(image)
+        height, width = image.shape[:2]
+        factor = self.vae_scale_factor
+        if height % factor or width % factor:
+            raise EngineError(
+                f"image sides must be multiples of {factor}, got {width}x{height}; "
+                "resize it first (normalise_for_diffusion does)"
+            )
+        vae = self._pipe.vae
+        pixels = self._pipe.image_processor.preprocess(Image.fromarray(image))
+        with torch.inference_mode():
+            posterior = vae.encode(pixels.to(device=self.device, dtype=vae.dtype)).latent_dist
+            latents = posterior.mean * vae.config.scaling_factor
+        return latents.to(device="cpu", dtype=torch.float32)
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Decode scaled latents (1, 4, h, w) straight to an HxWx3 uint8 image, without denoising."""
+        self._check_latents(latents)
+        vae = self._pipe.vae
+        with torch.inference_mode():
+            scaled = latents.to(device=self.device, dtype=vae.dtype) / vae.config.scaling_factor
+            pixels = vae.decode(scaled, return_dict=False)[0]
+        return _to_uint8(self._pipe.image_processor.postprocess(pixels, output_type="np"))
+
+    def generate(
+        self,
+        latents: torch.Tensor,
+        params: GenerateParams,
+        *,
+        on_step: StepCallback | None = None,
+    ) -> np.ndarray:
+        """Noise `latents` by params.strength and denoise them towards the prompt into an HxWx3 uint8 image.
+
+        Deterministic for a given seed. `on_step(done, total)` is called after each denoising step, with
+        `done` counting from 1 to `total` (params.denoising_steps); if it returns True the run stops and
+        Interrupted is raised.
+        """
+        params.validate()
+        self._check_latents(latents)
+        result = self._pipe(
+            prompt=params.prompt,
+            negative_prompt=params.negative_prompt,
+            image=latents,
+            strength=params.strength,
+            num_inference_steps=params.steps,
+            guidance_scale=params.guidance,
+            generator=torch.Generator(device="cpu").manual_seed(params.seed),
+            output_type="np",
+            callback_on_step_end=_step_adapter(on_step) if on_step is not None else None,
+        )
+        return _to_uint8(result.images)
+
+    def _check_latents(self, latents: torch.Tensor) -> None:
+        if latents.ndim != 4 or latents.shape[0] != 1 or latents.shape[1] != LATENT_CHANNELS:
+            raise EngineError(
+                f"expected latents of shape (1, {LATENT_CHANNELS}, h, w) from encode, got {tuple(latents.shape)}"
+            )
+
+
+def _step_adapter(on_step: StepCallback) -> Callable[..., dict[str, Any]]:
+    """Wrap `on_step` as a diffusers callback_on_step_end that raises Interrupted when asked to stop."""
+
+    def callback(
+        pipe: StableDiffusionImg2ImgPipeline, step: int, timestep: Any, tensors: dict[str, Any]
+    ) -> dict[str, Any]:
+        total = pipe.num_timesteps
+        if on_step(step + 1, total):
+            raise Interrupted(f"stopped after {step + 1} of {total} denoising steps")
+        return tensors
+
+    return callback
