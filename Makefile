@@ -1,0 +1,40 @@
+# pixelmill — `make run` starts the whole stack, `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install run test test-unit test-integration test-e2e tiny-model clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+run: install  ## start Redis (unless PIXELMILL_REDIS_URL is set), workers and the web server
+	$(BIN)/pixelmill up
+
+test: install  ## unit, integration (private Redis, real workers) and end-to-end tests
+	$(BIN)/python -m pytest
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration
+
+test-e2e: install
+	$(BIN)/python -m pytest tests/e2e
+
+tiny-model: install  ## a tiny random-weight SD pipeline under var/models/tiny, to try the diffusion engine
+	$(BIN)/pixelmill tiny-model var/models/tiny
+	@echo "now: PIXELMILL_DIFFUSION_MODEL=var/models/tiny make run"
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

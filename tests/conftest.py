@@ -1,0 +1,144 @@
+"""Shared fixtures: a private redis-server per session on a free port, real Celery workers
+as subprocesses, the tiny diffusion model built and loaded offline, a factory-built app."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from workers.redis_server import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SESSION_DIR = Path(tempfile.mkdtemp(prefix="pixelmill-tests-"))
+REDIS_PORT = free_port()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Set before anything imports tasks.*: every process of the test session (and the worker
+    # subprocesses, which inherit the environment) talks to the private Redis.
+    os.environ["PIXELMILL_REDIS_URL"] = f"redis://127.0.0.1:{REDIS_PORT}/0"
+    os.environ["PIXELMILL_DATA_DIR"] = str(SESSION_DIR / "data")
+    os.environ["PIXELMILL_DIFFUSION_MODEL"] = str(SESSION_DIR / "tiny-sd")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ.pop("PIXELMILL_CONFIG", None)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(data_dir=SESSION_DIR / "redis", port=REDIS_PORT).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server: RedisServer):
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> Path:
+    from workers.tiny_model import build_tiny_pipeline
+
+    path = Path(os.environ["PIXELMILL_DIFFUSION_MODEL"])
+    if not (path / "model_index.json").exists():
+        build_tiny_pipeline(path)
+    return path
+
+
+def start_worker(*, queues: str = "cpu,gpu,io", concurrency: int = 2, name: str = "test",
+                 extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+    log = open(SESSION_DIR / f"worker-{name}-{time.monotonic_ns()}.log", "wb")
+    argv = [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker", "--queues", queues,
+            "--concurrency", str(concurrency), "--pool", "prefork", "--hostname", f"{name}-{os.getpid()}@%h",
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
+    return subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(extra_env or {})}, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_worker_ready(proc: subprocess.Popen, *, timeout_s: float = 60) -> None:
+    from tasks.celery_app import app
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}; see logs in {SESSION_DIR}")
+        if app.control.ping(timeout=0.5):
+            return
+    raise RuntimeError(f"worker not ready after {timeout_s} s; see logs in {SESSION_DIR}")
+
+
+@pytest.fixture(scope="session")
+def workers(redis_server: RedisServer, tiny_model: Path) -> Iterator[subprocess.Popen]:
+    """One real Celery worker (prefork, 2 processes) serving every queue, as `make run`'s dev stack does."""
+    proc = start_worker(extra_env={"PIXELMILL_PRELOAD_MODELS": "1"})
+    wait_worker_ready(proc)
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture
+def app(redis_server: RedisServer):
+    from web import create_app
+
+    flask_app = create_app()
+    flask_app.config["TESTING"] = True
+    return flask_app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+# --- images -------------------------------------------------------------------------------
+
+def photo(name: str = "astronaut", *, size: int | None = None) -> np.ndarray:
+    """A real photo shipped with scikit-image, RGB uint8."""
+    from skimage import data
+
+    image = getattr(data, name)()
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    image = image[..., :3]
+    if size:
+        pil = Image.fromarray(image)
+        pil.thumbnail((size, size), Image.Resampling.LANCZOS)
+        image = np.asarray(pil)
+    return image
+
+
+def encode(image: np.ndarray, fmt: str = "PNG", **kwargs) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def wait_for_job(fetch, job_id: str, *, timeout_s: float = 120) -> dict:
+    """Poll until the job is terminal; ``fetch(job_id)`` returns the API payload."""
+    deadline = time.monotonic() + timeout_s
+    job = fetch(job_id)
+    while job["status"] not in {"succeeded", "failed", "blocked", "canceled"}:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {job['status']} after {timeout_s} s: {job}")
+        time.sleep(0.2)
+        job = fetch(job_id)
+    return job

@@ -1,0 +1,104 @@
+"""The ``pixelmill`` command: up, worker, web, redis, submit, tiny-model."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pixelmill", description="pixelmill image-generation job service")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start Redis (if needed), the workers and the web server")
+    up.add_argument("--host", default=os.environ.get("PIXELMILL_HOST", "127.0.0.1"))
+    up.add_argument("--port", type=int, default=int(os.environ.get("PIXELMILL_PORT", "8000")))
+    up.add_argument("--cpu-concurrency", type=int, default=2)
+    up.add_argument("--data-dir", type=Path, default=Path(os.environ.get("PIXELMILL_DATA_DIR", "var")))
+
+    worker = sub.add_parser("worker", help="run a Celery worker for some queues")
+    worker.add_argument("--queues", default="cpu", help="comma-separated: cpu, gpu, io")
+    worker.add_argument("--concurrency", type=int, default=None)
+
+    web = sub.add_parser("web", help="run the web server (gunicorn)")
+    web.add_argument("--host", default=os.environ.get("PIXELMILL_HOST", "127.0.0.1"))
+    web.add_argument("--port", type=int, default=int(os.environ.get("PIXELMILL_PORT", "8000")))
+
+    redis_cmd = sub.add_parser("redis", help="run an embedded redis-server in the foreground")
+    redis_cmd.add_argument("--port", type=int, default=6390)
+    redis_cmd.add_argument("--data-dir", type=Path, default=Path("var/redis"))
+
+    submit = sub.add_parser("submit", help="upload images and (optionally) wait for the results")
+    submit.add_argument("paths", nargs="+", type=Path)
+    submit.add_argument("--url", default=os.environ.get("PIXELMILL_URL", "http://127.0.0.1:8000"))
+    submit.add_argument("--style", default="cartoon")
+    submit.add_argument("--engine", default="style", choices=["style", "diffusion"])
+    submit.add_argument("--prompt", default="")
+    submit.add_argument("--upscale", type=int, default=1, choices=[1, 2, 4])
+    submit.add_argument("--wait", action="store_true")
+    submit.add_argument("--out", type=Path, default=Path("results"))
+
+    tiny = sub.add_parser("tiny-model", help="build a tiny random-weight SD pipeline (for demos and tests)")
+    tiny.add_argument("path", type=Path)
+
+    args = parser.parse_args(argv)
+    return COMMANDS[args.command](args)
+
+
+def _up(args: argparse.Namespace) -> int:
+    from workers.stack import run_stack
+
+    return run_stack(host=args.host, port=args.port, cpu_concurrency=args.cpu_concurrency, data_dir=args.data_dir)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from workers.stack import worker_argv
+
+    queues = args.queues
+    concurrency = args.concurrency or (1 if "gpu" in queues.split(",") else 2)
+    pool = "threads" if queues == "io" else "prefork"
+    if "gpu" in queues.split(","):
+        os.environ.setdefault("PIXELMILL_PRELOAD_MODELS", "1")
+    argv = worker_argv(queues=queues, concurrency=concurrency, pool=pool)
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+def _web(args: argparse.Namespace) -> int:
+    from workers.stack import web_argv
+
+    argv = web_argv(host=args.host, port=args.port)
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+def _redis(args: argparse.Namespace) -> int:
+    from workers.redis_server import RedisServer
+
+    server = RedisServer(data_dir=args.data_dir, port=args.port)
+    args.data_dir.mkdir(parents=True, exist_ok=True)
+    os.execv(server.command()[0], server.command())
+    return 0  # not reached
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from workers.client import submit_files
+
+    params = {"engine": args.engine, "style": args.style, "prompt": args.prompt, "upscale": args.upscale}
+    return submit_files(args.url, args.paths, params=params, wait=args.wait, out=args.out)
+
+
+def _tiny_model(args: argparse.Namespace) -> int:
+    from workers.tiny_model import build_tiny_pipeline
+
+    path = build_tiny_pipeline(args.path)
+    print(f"tiny random-weight pipeline saved to {path}; use PIXELMILL_DIFFUSION_MODEL={path}")
+    return 0
+
+
+COMMANDS = {"up": _up, "worker": _worker, "web": _web, "redis": _redis, "submit": _submit, "tiny-model": _tiny_model}
+
+if __name__ == "__main__":
+    sys.exit(main())

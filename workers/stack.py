@@ -1,0 +1,103 @@
+"""``pixelmill up``: Redis (when none is configured), a cpu, a gpu-queue and an io worker,
+and the web server, as separate processes. Ctrl-C stops every one of them cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from workers.redis_server import RedisServer
+
+STOP_GRACE_S = 20.0
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+
+
+def worker_argv(*, queues: str, concurrency: int, pool: str = "prefork", name: str | None = None) -> list[str]:
+    node = name or queues.replace(",", "-")
+    return [
+        sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker",
+        "--queues", queues, "--concurrency", str(concurrency), "--pool", pool,
+        "--hostname", f"{node}-{os.getpid()}@%h", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+    ]
+
+
+def web_argv(*, host: str, port: int, workers: int = 2) -> list[str]:
+    return [
+        sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(workers),
+        "--threads", "4", "--timeout", "120", "--graceful-timeout", "10", "--access-logfile", "-",
+        "web:create_app()",
+    ]
+
+
+def stack_specs(*, host: str, port: int, cpu_concurrency: int, env: dict[str, str]) -> list[ProcessSpec]:
+    gpu_env = {**env, "PIXELMILL_PRELOAD_MODELS": "1"}
+    return [
+        ProcessSpec("cpu", worker_argv(queues="cpu", concurrency=cpu_concurrency), env),
+        ProcessSpec("gpu", worker_argv(queues="gpu", concurrency=1), gpu_env),
+        ProcessSpec("io", worker_argv(queues="io", concurrency=8, pool="threads"), env),
+        ProcessSpec("web", web_argv(host=host, port=port), env),
+    ]
+
+
+def run_stack(*, host: str, port: int, cpu_concurrency: int, data_dir: Path) -> int:
+    env = dict(os.environ)
+    redis_server = None
+    if not env.get("PIXELMILL_REDIS_URL"):
+        redis_server = RedisServer(data_dir=data_dir / "redis").start()
+        env["PIXELMILL_REDIS_URL"] = redis_server.url
+        print(f"pixelmill: started Redis at {redis_server.url} (data in {redis_server.data_dir})", flush=True)
+    env.setdefault("PIXELMILL_DATA_DIR", str(data_dir.resolve()))
+
+    children: list[tuple[ProcessSpec, subprocess.Popen]] = []
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        for spec in stack_specs(host=host, port=port, cpu_concurrency=cpu_concurrency, env=env):
+            # Each child gets its own process group so Ctrl-C reaches us once, and we stop them in order.
+            children.append((spec, subprocess.Popen(spec.argv, env=spec.env, start_new_session=True)))
+        print(f"pixelmill: serving on http://{host}:{port}/  (Ctrl-C stops everything)", flush=True)
+        exit_code = 0
+        while not stopping:
+            for spec, proc in children:
+                if proc.poll() is not None:
+                    print(f"pixelmill: {spec.name} exited with {proc.returncode}; stopping the stack", flush=True)
+                    stopping, exit_code = True, 1
+            time.sleep(0.5)
+        return exit_code
+    finally:
+        print("pixelmill: stopping…", flush=True)
+        stop_all([proc for _, proc in children])
+        if redis_server:
+            redis_server.stop()
+        print("pixelmill: stopped", flush=True)
+
+
+def stop_all(processes: list[subprocess.Popen]) -> None:
+    """SIGTERM (Celery's warm shutdown) to all, wait, then SIGKILL the stragglers."""
+    for proc in processes:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for proc in processes:
+        try:
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
