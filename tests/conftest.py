@@ -29,6 +29,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PIXELMILL_REDIS_URL"] = f"redis://127.0.0.1:{REDIS_PORT}/0"
     os.environ["PIXELMILL_DATA_DIR"] = str(SESSION_DIR / "data")
     os.environ["PIXELMILL_DIFFUSION_MODEL"] = str(SESSION_DIR / "tiny-sd")
+    os.environ["PIXELMILL_MAX_OUTPUT_PIXELS"] = "5000000"  # small, so a test can trip it cheaply
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.pop("PIXELMILL_CONFIG", None)

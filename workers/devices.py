@@ -23,10 +23,14 @@ def _mps_available() -> bool:
 
 def _check_cuda(device: str, index: str | None) -> str:
     if not torch.cuda.is_available():
-        raise EngineError(f"device {device!r} was asked for but this machine has no usable CUDA GPU; use 'cpu' or 'auto'")
+        raise EngineError(
+            f"device {device!r} was asked for but this machine has no usable CUDA GPU; use 'cpu' or 'auto'"
+        )
     count = torch.cuda.device_count()
     if index is not None and int(index) >= count:
-        raise EngineError(f"device {device!r} does not exist: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})")
+        raise EngineError(
+            f"device {device!r} does not exist: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})"
+        )
     return device
 
 

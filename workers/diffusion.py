@@ -88,7 +88,8 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
 
 
 def _load_failure(model: str, revision: str | None, exc: Exception) -> ModelLoadError:
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = str(exc).strip()
+    reason = text.splitlines()[0].rstrip(".") if text else type(exc).__name__
     at = f" at revision {revision!r}" if revision else ""
     return ModelLoadError(
         f"could not load diffusion model {model!r}{at}: {reason}. Set {MODEL_SETTING} to a local folder "

@@ -14,7 +14,7 @@ import torch  # noqa: E402
 from skimage import data  # noqa: E402
 from skimage.transform import resize  # noqa: E402
 
-from tests.support.tiny_model import build_tiny_pipeline  # noqa: E402
+from workers.tiny_model import build_tiny_pipeline  # noqa: E402
 from workers.devices import default_dtype, dtype_name, pick_device  # noqa: E402
 from workers.diffusion import DiffusionEngine, GenerateParams, normalise_for_diffusion  # noqa: E402
 from workers.errors import EngineError, Interrupted, ModelLoadError  # noqa: E402

@@ -1,0 +1,145 @@
+"""The real chain on real Celery workers and a private Redis: style and diffusion jobs,
+batches, failures, and what travels in the messages."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cache.latents import key_for as latent_redis_key
+from tests.conftest import encode, photo, wait_for_job
+
+pytestmark = pytest.mark.integration
+
+
+def _submit(client, image_bytes: bytes, **params):
+    return client.post("/api/v1/jobs", data={"image": (io.BytesIO(image_bytes), "photo.png"),
+                                             "params": json.dumps(params)},
+                       content_type="multipart/form-data")
+
+
+def _fetcher(client):
+    return lambda job_id: client.get(f"/api/v1/jobs/{job_id}").get_json()
+
+
+def _image(response) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(response.data)).convert("RGB"))
+
+
+def test_style_job_runs_all_four_stages(client, workers):
+    original = photo("astronaut", size=256)
+    response = _submit(client, encode(original, "JPEG", quality=92), engine="style", style="cartoon", upscale=2)
+    assert response.status_code == 202, response.get_json()
+    job = response.get_json()
+    assert job["status"] == "queued" and response.headers["Location"].endswith(job["id"])
+
+    job = wait_for_job(_fetcher(client), job["id"])
+    assert job["status"] == "succeeded", job
+    assert all(stage["state"] == "done" for stage in job["stages"].values())
+    assert [job["stages"][s]["queue"] for s in ("encode", "generate", "enhance", "audit")] == ["cpu"] * 4
+    assert job["audit"]["verdict"] == "pass"
+    assert isinstance(job["params"]["seed"], int)  # the seed it ran with is recorded
+
+    result = _image(client.get(job["links"]["result"]))
+    assert result.shape == (512, 512, 3)  # upscaled ×2
+    downsized = np.asarray(Image.fromarray(result).resize((256, 256)), dtype=float)
+    assert np.abs(downsized - original).mean() > 8  # restyled, not a copy
+    download = client.get(job["links"]["result"] + "?download=1")
+    assert "attachment" in download.headers["Content-Disposition"]
+
+
+def test_diffusion_job_keeps_its_latent_in_redis_not_in_messages(client, workers, redis_client):
+    published: list[bytes] = []
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def watch():  # every command Redis runs, to see what the Celery messages carry
+        with redis_client.monitor() as monitor:
+            ready.set()
+            for command in monitor.listen():
+                if stop.is_set():
+                    return
+                if command["command"].startswith("LPUSH"):
+                    published.append(command["command"])
+
+    threading.Thread(target=watch, daemon=True).start()
+    ready.wait(5)
+    response = _submit(client, encode(photo("coffee", size=96)), engine="diffusion", prompt="a red cup",
+                       steps=4, strength=0.75, size=64, seed=7)
+    assert response.status_code == 202, response.get_json()
+    job = wait_for_job(_fetcher(client), response.get_json()["id"])
+    stop.set()
+    redis_client.ping()  # wakes the monitor so the thread ends
+
+    assert job["status"] == "succeeded", job
+    assert [job["stages"][s]["queue"] for s in ("encode", "generate")] == ["gpu", "gpu"]
+    stored = client.application.extensions["pixelmill"].store.fetch(job["id"])
+    latent_key = stored.outputs["latent"]
+    assert redis_client.exists(latent_redis_key(latent_key))
+    assert redis_client.ttl(latent_redis_key(latent_key)) > 0
+
+    messages = [m for m in published if stored.id in m]
+    assert len(messages) == 4  # one per stage
+    for message in messages:
+        envelope = json.loads(message.split(" ", 2)[2].strip('"').encode().decode("unicode_escape"))
+        args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
+        assert args == [stored.id] and kwargs == {}
+        assert latent_key not in message
+
+    result = _image(client.get(job["links"]["result"]))
+    assert result.shape[2] == 3 and result.shape[:2] == (64, 64)
+
+
+def test_same_photo_new_prompt_reuses_the_latent(client, workers):
+    image = encode(photo("chelsea", size=80))
+    first = wait_for_job(_fetcher(client), _submit(client, image, engine="diffusion", prompt="a cat",
+                                                   steps=4, strength=0.5, size=64).get_json()["id"])
+    second = wait_for_job(_fetcher(client), _submit(client, image, engine="diffusion", prompt="a tiger",
+                                                    steps=4, strength=0.5, size=64).get_json()["id"])
+    assert first["status"] == second["status"] == "succeeded"
+    assert first["stages"]["encode"]["cached"] is False
+    assert second["stages"]["encode"]["cached"] is True
+
+
+def test_batch_runs_every_image(client, workers):
+    files = [(io.BytesIO(encode(photo(name, size=128))), f"{name}.png") for name in ("astronaut", "coffee", "chelsea")]
+    response = client.post("/api/v1/batches", data={"images": files, "style": "sketch"},
+                           content_type="multipart/form-data")
+    assert response.status_code == 202, response.get_json()
+    batch = response.get_json()
+    assert batch["total"] == 3 and {j["batch_id"] for j in batch["jobs"]} == {batch["id"]}
+    for job in batch["jobs"]:
+        assert wait_for_job(_fetcher(client), job["id"])["status"] == "succeeded"
+    final = client.get(f"/api/v1/batches/{batch['id']}").get_json()
+    assert final["status"] == "done" and final["counts"] == {"succeeded": 3}
+    page = client.get(f"/batches/{batch['id']}")
+    assert page.status_code == 200 and b"3/3 done" in page.data
+
+
+def test_failed_stage_fails_the_job_with_an_actionable_message(client, workers):
+    big = encode(photo("astronaut", size=512))
+    response = _submit(client, big, style="product", upscale=4, size=1024)  # 2048² > the test limit of 5 MP
+    job = wait_for_job(_fetcher(client), response.get_json()["id"])
+    assert job["status"] == "failed"
+    assert job["stages"]["enhance"]["state"] == "stopped"
+    assert job["stages"]["audit"]["state"] == "pending"
+    assert "smaller" in job["error"]["message"] and job["error"]["message"].startswith("enhance failed")
+    assert client.get(job["links"]["self"] + "/result").status_code == 409
+
+
+def test_redelivered_stage_of_a_finished_job_changes_nothing(client, workers):
+    from tasks.stages import encode as encode_task
+
+    job = wait_for_job(_fetcher(client), _submit(client, encode(photo("coffee", size=64)), style="sketch").get_json()["id"])
+    before = client.get(job["links"]["self"]).get_json()
+    encode_task.si(job["id"]).set(queue="cpu").apply_async()
+    for _ in range(10):  # give the worker time to (not) do anything
+        threading.Event().wait(0.2)
+    after = client.get(job["links"]["self"]).get_json()
+    assert after["updated_at"] == before["updated_at"] and after["status"] == "succeeded"

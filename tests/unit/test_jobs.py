@@ -1,0 +1,102 @@
+"""The state machine, job parameters and the job store on a real Redis."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from tasks.errors import InvalidTransition, JobNotFound
+from tasks.jobs import ALLOWED, TERMINAL, Job, JobParams, JobStatus, can_move
+from tasks.store import JobStore, key_for
+
+
+@pytest.mark.parametrize("status", list(JobStatus))
+def test_terminal_states_never_move(status):
+    assert status.is_terminal() == (status in TERMINAL)
+    if status.is_terminal():
+        assert ALLOWED[status] == frozenset()
+
+
+@pytest.mark.parametrize(("current", "new", "ok"), [
+    (JobStatus.QUEUED, JobStatus.ENCODING, True),
+    (JobStatus.ENCODING, JobStatus.ENCODING, True),  # a re-delivered stage re-enters
+    (JobStatus.ENCODING, JobStatus.QUEUED, False),
+    (JobStatus.GENERATING, JobStatus.ENCODING, False),
+    (JobStatus.AUDITING, JobStatus.SUCCEEDED, True),
+    (JobStatus.ENHANCING, JobStatus.SUCCEEDED, False),  # only the audit may end a job well
+    (JobStatus.QUEUED, JobStatus.CANCELED, True),
+    (JobStatus.GENERATING, JobStatus.FAILED, True),
+    (JobStatus.SUCCEEDED, JobStatus.FAILED, False),
+    (JobStatus.CANCELED, JobStatus.ENCODING, False),
+])
+def test_can_move(current, new, ok):
+    assert can_move(current, new) is ok
+
+
+@pytest.mark.parametrize(("params", "fragment"), [
+    ({"steps": 0}, "steps"),
+    ({"steps": 500}, "steps"),
+    ({"strength": 0}, "strength"),
+    ({"upscale": 3}, "upscale"),
+    ({"style": "vaporwave"}, "style"),
+    ({"engine": "diffusion", "steps": 2, "strength": 0.3}, "raise steps or strength"),
+    ({"prompt": "x" * 1001}, "prompt"),
+    ({"colour": "red"}, "colour"),
+])
+def test_params_refuse_bad_values(params, fragment):
+    with pytest.raises(ValidationError) as err:
+        JobParams(**params)
+    assert fragment in str(err.value)
+
+
+def _job() -> Job:
+    return Job.create(tenant="t1", params=JobParams(seed=1), input_ref="0" * 64 + ".png")
+
+
+def test_store_round_trip_and_transitions(redis_client):
+    store = JobStore(redis_client, ttl_s=60)
+    job = store.create(_job())
+    assert store.fetch(job.id).status is JobStatus.QUEUED
+    assert 0 < redis_client.ttl(key_for("job", job.id)) <= 60
+
+    store.start_stage(job.id, "encode", queue="cpu", worker="w1")
+    done = store.finish_stage(job.id, "encode", outputs={"normalized": "a" * 64 + ".png"})
+    assert done.status is JobStatus.ENCODING
+    assert done.stages["encode"].done and done.stages["encode"].attempts == 1
+    assert done.stages["encode"].seconds is not None
+    assert done.outputs["normalized"].startswith("a")
+
+    for stage in ("generate", "enhance", "audit"):
+        store.start_stage(job.id, stage, queue="cpu", worker="w1")
+    final = store.finish_stage(job.id, "audit", outputs={"result": "b" * 64 + ".png"},
+                               end=JobStatus.SUCCEEDED, audit={"verdict": "pass"})
+    assert final.status is JobStatus.SUCCEEDED and final.finished_at and final.audit == {"verdict": "pass"}
+    assert 0 < redis_client.ttl(key_for("job", job.id)) <= 60  # TTL kept through updates
+
+    with pytest.raises(InvalidTransition):
+        store.fail(job.id, code="x", message="too late")
+    assert store.fetch(job.id).status is JobStatus.SUCCEEDED
+
+
+def test_store_refuses_skipping_back_and_unknown_jobs(redis_client):
+    store = JobStore(redis_client)
+    job = store.create(_job())
+    store.start_stage(job.id, "generate", queue="gpu", worker="w")
+    with pytest.raises(InvalidTransition):
+        store.start_stage(job.id, "encode", queue="gpu", worker="w")
+    with pytest.raises(JobNotFound):
+        store.fetch("nope")
+    failed = store.fail(job.id, code="boom", message="it broke")
+    assert failed.error == {"code": "boom", "message": "it broke"}
+    with pytest.raises(InvalidTransition):
+        store.finish_stage(job.id, "generate", outputs={})
+
+
+def test_progress_and_recent(redis_client):
+    store = JobStore(redis_client)
+    jobs = [store.create(_job()) for _ in range(3)]
+    store.save_progress(jobs[0].id, stage="generate", step=3, steps=10)
+    assert store.fetch_progress(jobs[0].id) == {"stage": "generate", "step": 3, "steps": 10}
+    recent_ids = [job.id for job in store.recent("t1", limit=3)]
+    assert recent_ids == [job.id for job in reversed(jobs)]
+    assert store.recent("someone-else") == []
