@@ -315,12 +315,19 @@ def _decode(
         image = Image.open(io.BytesIO(data), formats=[source_format])
     _check_dimensions(image.size, limits)
     _check_single_frame(image, source_format=source_format, notes=notes)
+    if source_format == "PNG" and _png_bit_depth(data) == 16:
+        notes.append("16-bit reduced to 8-bit")
     with _decoder_errors(f"the {name} image data is corrupt or truncated", limits):
         image.load()
     metadata = _metadata_note(image)
     if metadata:
         notes.append(metadata)
     return image
+
+
+def _png_bit_depth(png: bytes) -> int:
+    """Bit depth from the IHDR that _png_end has already checked."""
+    return png[len(_PNG_SIGNATURE) + 16]
 
 
 @contextmanager
