@@ -25,7 +25,7 @@ from PIL import ExifTags, Image, ImageOps
 from safety.errors import InputRejected
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_COMPRESS_LEVEL = 6
+_PNG_COMPRESS_LEVEL = 1  # fast: level 6 costs ~3.5x the time for ~25% smaller files
 _WHITE = (255, 255, 255)
 
 # Caps on the structure walks: far above what real encoders write, low enough that a
@@ -151,12 +151,14 @@ def encode_png(image: np.ndarray) -> bytes:
 
 def _check_byte_size(data: bytes, limits: UploadLimits) -> None:
     if not data:
-        raise InputRejected("empty_file", "the file is empty; choose an image file and upload it again")
+        raise InputRejected(
+            "empty_file", "the file is empty; choose an image file and upload it again"
+        )
     if len(data) > limits.max_bytes:
         raise InputRejected(
             "too_large",
-            f"the file is {_human_bytes(len(data))}; the limit is {_human_bytes(limits.max_bytes)}"
-            " — compress or resize the image before uploading",
+            f"the file is {_human_bytes(len(data))}, over the {_human_bytes(limits.max_bytes)}"
+            " limit — compress or resize the image before uploading",
             status=413,
         )
 
@@ -212,7 +214,8 @@ def _sniff_text(head: bytes) -> str | None:
 
 def _format_list(formats: frozenset[str]) -> str:
     """'PNG, JPEG or WebP' for the allowed formats, preferred ones first."""
-    ordered = [f for f in _PREFERRED_ORDER if f in formats] + sorted(formats - set(_PREFERRED_ORDER))
+    preferred = [f for f in _PREFERRED_ORDER if f in formats]
+    ordered = preferred + sorted(formats - set(preferred))
     names = [_DISPLAY_NAMES.get(f, f) for f in ordered]
     return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
 
@@ -264,10 +267,11 @@ def _jpeg_end(data: bytes) -> int:
     """Walk the JPEG segments and scans; return the offset just past the EOI marker."""
     position = 2
     for _ in range(_MAX_JPEG_SEGMENTS):
-        if position + 2 > len(data):
+        if not 0 <= position < len(data) - 1:
             raise _truncated("JPEG")
-        if data[position] != 0xFF:
-            raise _corrupt("the JPEG file has garbage between its segments")
+        if data[position] != 0xFF:  # stray bytes before a marker: skip them, as libjpeg does
+            position = data.find(b"\xff", position)
+            continue
         marker = data[position + 1]
         if marker == _JPEG_EOI:
             return position + 2
@@ -344,7 +348,7 @@ def _decoder_errors(problem: str, limits: UploadLimits) -> Iterator[None]:
                 f" decompression bomb); upload an image of at most {_megapixels(limits.max_pixels)}"
                 f" and {limits.max_side} px per side",
             ) from exc
-        except (InputRejected, MemoryError):
+        except MemoryError:
             raise
         except Exception as exc:  # decoders fed hostile bytes raise all kinds of errors
             raise _corrupt(problem) from exc
@@ -432,7 +436,7 @@ def _to_rgb(image: Image.Image, notes: list[str]) -> Image.Image:
 
 
 def _reduce_depth(image: Image.Image) -> Image.Image:
-    """Scale a 16-bit single-band image to 8 bits: round(v * 255 / 65535), never clipped."""
+    """Scale a 16-bit single-band image to 8 bits: round(v * 255 / 65535), so 65535 -> 255."""
     values = np.asarray(image)
     if values.dtype.kind == "f":
         values = np.rint(values)
