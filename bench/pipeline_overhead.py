@@ -1,0 +1,98 @@
+"""What the service costs on top of the work: style jobs through pixelmill (HTTP-free submit →
+real Celery worker → result) vs the same engines called in one process, side by side.
+
+    .venv/bin/python bench/pipeline_overhead.py [--jobs 20]
+
+Prints medians and the ratio. It starts its own private Redis and one worker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from workers.redis_server import RedisServer  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--size", type=int, default=384)
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="pixelmill-bench-"))
+    redis_server = RedisServer(data_dir=tmp / "redis", appendonly=False).start()
+    os.environ.update(PIXELMILL_REDIS_URL=redis_server.url, PIXELMILL_DATA_DIR=str(tmp / "data"))
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker", "-Q", "cpu,gpu,io", "-c", "1",
+         "--pool", "solo", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
+        cwd=ROOT, env=os.environ.copy(),
+    )
+    try:
+        run(args, worker)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        redis_server.stop()
+
+
+def run(args: argparse.Namespace, worker: subprocess.Popen) -> None:
+    import numpy as np
+    from skimage import data
+
+    from safety.quality import check_quality
+    from safety.validate import decode_png, encode_png, validate_image
+    from tasks.celery_app import app
+    from tasks.jobs import JobParams
+    from tasks.runtime import get_runtime
+    from tasks.submit import Upload, submit_job
+    from workers.enhance import EnhanceOptions, enhance
+    from workers.imaging import fit_within
+    from workers.styles import apply_style
+
+    while not app.control.ping(timeout=0.5):
+        assert worker.poll() is None, "worker died"
+    photo = encode_png(np.ascontiguousarray(data.astronaut()))
+    params = JobParams(style="cartoon", size=args.size, upscale=2, seed=1)
+
+    def direct() -> float:
+        start = time.perf_counter()
+        image = fit_within(decode_png(validate_image(photo).png), args.size)
+        styled = apply_style(image, "cartoon")
+        final = enhance(styled, EnhanceOptions(upscale=2))
+        check_quality(final)
+        encode_png(final)
+        return time.perf_counter() - start
+
+    def service() -> float:
+        rt = get_runtime()
+        start = time.perf_counter()
+        job = submit_job(rt, tenant="bench", upload=Upload("a.png", photo), params=params)
+        while not (job := rt.store.fetch(job.id)).status.is_terminal():
+            time.sleep(0.005)
+        assert job.status.value == "succeeded", job.error
+        return time.perf_counter() - start
+
+    direct(), service()  # warm both paths
+    direct_s, service_s = [], []
+    for _ in range(args.jobs):  # interleaved, so noise hits both alike
+        direct_s.append(direct())
+        service_s.append(service())
+    d, s = statistics.median(direct_s), statistics.median(service_s)
+    print(f"style job (cartoon, {args.size}px, upscale ×2), {args.jobs} runs each, medians:")
+    print(f"  engines in one process : {d * 1000:8.1f} ms")
+    print(f"  through pixelmill      : {s * 1000:8.1f} ms   (submit → 4 Celery stages → succeeded)")
+    print(f"  ratio service / direct : {s / d:8.2f}×   overhead {1000 * (s - d):.1f} ms per job")
+
+
+if __name__ == "__main__":
+    main()
