@@ -39,9 +39,9 @@ def stack(tmp_path_factory):
     while True:
         assert proc.poll() is None, (data_dir / "stack.log").read_text()
         try:
-            if requests.get(f"{base}/healthz", timeout=1).ok:
+            if requests.get(f"{base}/healthz", timeout=5).ok:
                 break
-        except requests.ConnectionError:
+        except requests.RequestException:
             pass
         assert time.monotonic() < deadline, (data_dir / "stack.log").read_text()
         time.sleep(0.5)
