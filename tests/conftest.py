@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -87,13 +88,23 @@ def wait_worker_ready(proc: subprocess.Popen, *, timeout_s: float = 60) -> None:
 def workers(redis_server: RedisServer, tiny_model: Path) -> Iterator[subprocess.Popen]:
     """One real Celery worker (prefork, 2 processes) serving every queue, as `make run`'s dev stack does."""
     proc = start_worker(extra_env={"PIXELMILL_PRELOAD_MODELS": "1"})
-    wait_worker_ready(proc)
-    yield proc
+    try:
+        wait_worker_ready(proc)
+        yield proc
+    finally:
+        stop_worker(proc)
+
+
+def stop_worker(proc: subprocess.Popen, *, timeout_s: float = 20) -> None:
+    """Warm shutdown (SIGTERM), then SIGKILL of the whole process group if it lingers."""
+    if proc.poll() is not None:
+        return
     proc.terminate()
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.fixture

@@ -35,20 +35,29 @@ def stack(tmp_path_factory):
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        assert proc.poll() is None, (data_dir / "stack.log").read_text()
-        try:
-            if requests.get(f"{base}/healthz", timeout=5).ok:
-                break
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, (data_dir / "stack.log").read_text()
-        time.sleep(0.5)
+    try:
+        _wait_healthy(base, proc, log_path=data_dir / "stack.log")
+    except BaseException:
+        proc.send_signal(signal.SIGINT)  # never leave a half-started stack behind
+        proc.wait(timeout=60)
+        raise
     yield base, proc, data_dir
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
+
+
+def _wait_healthy(base: str, proc: subprocess.Popen, *, log_path: Path, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, log_path.read_text()
+        try:
+            if requests.get(f"{base}/healthz", timeout=5).ok:
+                return
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, log_path.read_text()
+        time.sleep(0.5)
 
 
 def _children_of(pid: int) -> list[int]:
