@@ -9,9 +9,12 @@ from functools import cached_property, lru_cache
 import redis
 
 from cache.latents import LatentStore
+from safety.nsfw import get_classifier
+from safety.policy import Action, AuditPolicy
 from tasks.blobs import BlobStore
 from tasks.settings import Settings, get_settings
 from tasks.store import JobStore
+from tasks.tenants import TenantStore
 from workers import residency
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,10 @@ class Runtime:
         return JobStore(self.redis, ttl_s=self.settings.job_ttl_s)
 
     @cached_property
+    def tenants(self) -> TenantStore:
+        return TenantStore(self.redis)
+
+    @cached_property
     def blobs(self) -> BlobStore:
         return BlobStore(self.settings.blob_dir)
 
@@ -46,7 +53,12 @@ class Runtime:
             dtype=self.settings.dtype,
         )
 
+    def audit_policy(self, tenant: str) -> AuditPolicy:
+        default = AuditPolicy(threshold=self.settings.audit_threshold, action=Action(self.settings.audit_action))
+        return self.tenants.policy(tenant, default=default)
+
     def warm_up(self) -> None:
+        get_classifier()  # every worker may audit: load the classifier before taking work
         if self.settings.preload_models and self.settings.diffusion_model:
             loaded = self.diffusion()
             log.info("diffusion model %s resident on %s (%s)", loaded.engine.model, loaded.device, loaded.dtype_name)

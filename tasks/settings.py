@@ -61,7 +61,30 @@ class Settings(BaseSettings):
     # --- web ------------------------------------------------------------------------------
     host: str = "127.0.0.1"
     port: int = 8000
-    default_tenant: str = "local"
+    default_tenant: str = Field("local", description="the tenant of every request while auth is off")
+
+    # --- tenants, auth and limits -------------------------------------------------------------
+    auth_enabled: bool = Field(False, description="require an API key (API) or a login (web pages)")
+    secret_key: str | None = Field(None, description="signs session cookies; default: generated once into data_dir")
+    rate_limit_per_minute: int = Field(60, description="submissions per tenant per minute (429 beyond)")
+    max_active_jobs: int = Field(1000, description="unfinished jobs a tenant may have at once (429 beyond)")
+
+    # --- output audit ---------------------------------------------------------------------------
+    audit_threshold: float = Field(0.8, ge=0.0, le=1.0, description="NSFW score at which the policy acts")
+    audit_action: str = Field("block", pattern="^(block|flag|blur)$", description="block | flag | blur")
+
+    # --- webhooks -------------------------------------------------------------------------------
+    public_url: str = Field("http://127.0.0.1:8000", description="base of the links webhook payloads carry")
+    webhook_allow_private: bool = Field(False, description="allow webhook URLs on loopback/private/link-local "
+                                                           "addresses (trusted networks and tests only)")
+    webhook_timeout_s: float = Field(10.0, gt=0, le=60, description="per delivery attempt")
+    webhook_max_attempts: int = Field(10, ge=1, le=30, description="then the delivery is dead-lettered")
+    webhook_backoff_base_s: float = Field(5.0, gt=0, description="first retry delay; doubles each retry (jittered)")
+    webhook_backoff_max_s: float = Field(900.0, gt=0, description="longest retry delay (keep < visibility_timeout)")
+    webhook_secret_overlap_s: int = Field(24 * 3600, ge=0, description="how long a rotated-out secret still signs")
+    webhook_max_response_bytes: int = Field(64 * 1024, ge=0, description="read at most this much of an answer")
+    webhook_endpoint_concurrency: int = Field(4, ge=1, description="attempts in flight per endpoint, so one "
+                                                                   "slow receiver cannot hold every io thread")
 
     def broker(self) -> str:
         return self.broker_url or self.redis_url

@@ -11,6 +11,7 @@ from typing import Any
 import redis
 
 from tasks.errors import InvalidTransition, JobNotFound
+from tasks.events import JobEvent, job_events, stage_events
 from tasks.jobs import STAGE_STATUS, Batch, Job, JobStatus, can_move
 
 PREFIX = "pixelmill"
@@ -22,9 +23,12 @@ def key_for(kind: str, *parts: str) -> str:
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, *, ttl_s: int = 7 * 24 * 3600) -> None:
+    def __init__(self, client: redis.Redis, *, ttl_s: int = 7 * 24 * 3600,
+                 on_events: Callable[[list[JobEvent]], None] | None = None) -> None:
         self.redis = client
         self.ttl_s = ttl_s
+        # Told after a transition that wrote events to the outbox (tasks.events); it must not raise.
+        self.on_events = on_events
 
     # --- reads ----------------------------------------------------------------------------
     def fetch(self, job_id: str) -> Job:
@@ -57,6 +61,7 @@ class JobStore:
             pipe.set(key_for("job", job.id), _dumps(job), ex=self.ttl_s, nx=True)
             pipe.zadd(key_for("recent", job.tenant), {job.id: job.created_at})
             pipe.zremrangebyrank(key_for("recent", job.tenant), 0, -1001)
+            pipe.sadd(key_for("active", job.tenant), job.id)
             pipe.execute()
         return job
 
@@ -65,6 +70,7 @@ class JobStore:
             for job in jobs:
                 pipe.set(key_for("job", job.id), _dumps(job), ex=self.ttl_s, nx=True)
                 pipe.zadd(key_for("recent", job.tenant), {job.id: job.created_at})
+                pipe.sadd(key_for("active", job.tenant), job.id)
             pipe.set(key_for("batch", batch.id), json.dumps(batch.to_dict()), ex=self.ttl_s)
             pipe.execute()
         return batch
@@ -139,14 +145,29 @@ class JobStore:
                     if raw is None:
                         raise JobNotFound(f"no job with id {job_id!r}")
                     job = Job.from_dict(json.loads(raw))
+                    before = job.status
                     change(job)
                     job.updated_at = time.time()
+                    events = job_events(before, job)  # written in this same transaction: never lost
+                    batch_size = self._batch_size(pipe, job) if events and job.status.is_terminal() else 0
                     pipe.multi()
                     pipe.set(key, _dumps(job), keepttl=True)
+                    if job.status.is_terminal():
+                        pipe.srem(key_for("active", job.tenant), job.id)
+                    stage_events(pipe, job, events, batch_size=batch_size, ttl_s=self.ttl_s)
                     pipe.execute()
-                    return job
+                    break
                 except redis.WatchError:
                     continue
+        if events and self.on_events is not None:
+            self.on_events(events)
+        return job
+
+    def _batch_size(self, pipe: redis.client.Pipeline, job: Job) -> int:
+        if not job.batch_id:
+            return 0
+        raw = pipe.get(key_for("batch", job.batch_id))
+        return len(json.loads(raw)["job_ids"]) if raw else 0
 
 
 def _move(job: Job, status: JobStatus) -> None:

@@ -45,7 +45,14 @@ def with_seed(params: JobParams) -> JobParams:
     return params.model_copy(update={"seed": secrets.randbelow(2**32)})
 
 
+def enforce_limits(rt: Runtime, *, tenant: str, jobs: int) -> None:
+    """Per-tenant submission rate and unfinished-job cap (429 with Retry-After beyond)."""
+    rt.tenants.check_rate(tenant, per_minute=rt.settings.rate_limit_per_minute)
+    rt.tenants.check_active(tenant, adding=jobs, limit=rt.settings.max_active_jobs)
+
+
 def submit_job(rt: Runtime, *, tenant: str, upload: Upload, params: JobParams) -> Job:
+    enforce_limits(rt, tenant=tenant, jobs=1)
     job = _prepare(rt, tenant=tenant, upload=upload, params=with_seed(params))
     rt.store.create(job)
     _enqueue(rt, [job])
@@ -54,6 +61,7 @@ def submit_job(rt: Runtime, *, tenant: str, upload: Upload, params: JobParams) -
 
 def submit_batch(rt: Runtime, *, tenant: str, uploads: list[Upload], params: JobParams) -> tuple[Batch, list[Job]]:
     """N jobs under one batch id. Every upload is validated before any job is written."""
+    enforce_limits(rt, tenant=tenant, jobs=len(uploads))
     batch_id = new_id()
     jobs = [
         _prepare(rt, tenant=tenant, upload=upload, params=with_seed(params), batch_id=batch_id)

@@ -7,7 +7,7 @@ import logging
 from flask import Flask
 
 from tasks.settings import Settings, get_settings
-from web import api, errors, ops, ui
+from web import api, auth, errors, keys, ops, ui
 from web.extensions import pixelmill
 
 
@@ -18,8 +18,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["PIXELMILL_SETTINGS"] = settings
     pixelmill.init_app(app, settings)
     errors.init_app(app)
+    auth.init_app(app, settings)
     app.register_blueprint(ui.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(keys.bp)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return app

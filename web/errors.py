@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 import redis
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, jsonify, make_response, render_template, request
 from pydantic import ValidationError
 from werkzeug.exceptions import HTTPException
 
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def init_app(app: Flask) -> None:
-    app.register_error_handler(PixelmillError, lambda e: respond(e.status, e.code, str(e)))
+    app.register_error_handler(PixelmillError, _pixelmill_error)
     app.register_error_handler(InputRejected, lambda e: respond(e.status, e.code, str(e)))
     app.register_error_handler(ValidationError, lambda e: respond(422, "invalid_parameters", describe(e)))
     app.register_error_handler(redis.RedisError, _redis_down)
@@ -36,6 +36,15 @@ def describe(error: ValidationError) -> str:
         where = ".".join(str(p) for p in item["loc"]) or "parameters"
         parts.append(f"{where}: {item['msg']}")
     return "; ".join(parts)
+
+
+def _pixelmill_error(e: PixelmillError):
+    response, status = respond(e.status, e.code, str(e))
+    if retry_after := getattr(e, "retry_after", None):
+        response = make_response(response, status)
+        response.headers["Retry-After"] = str(retry_after)
+        return response
+    return response, status
 
 
 def _redis_down(e: redis.RedisError):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flask import Flask, current_app, request
+from flask import Flask, current_app, g, request
 
 from tasks.errors import JobNotFound
 from tasks.jobs import Batch, Job
@@ -23,8 +23,8 @@ pixelmill = Pixelmill()
 
 
 def current_tenant() -> str:
-    """The tenant of this request (a single local tenant until API keys arrive)."""
-    return pixelmill.runtime.settings.default_tenant
+    """The tenant of this request, set by web.auth (the default tenant while auth is off)."""
+    return g.get("tenant") or pixelmill.runtime.settings.default_tenant
 
 
 def base_url() -> str:

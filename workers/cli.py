@@ -43,6 +43,17 @@ def main(argv: list[str] | None = None) -> int:
     tiny = sub.add_parser("tiny-model", help="build a tiny random-weight SD pipeline (for demos and tests)")
     tiny.add_argument("path", type=Path)
 
+    keys = sub.add_parser("keys", help="manage API keys (stored hashed; a new key is shown once)")
+    keys.add_argument("action", choices=["create", "list", "revoke"])
+    keys.add_argument("--tenant", required=True)
+    keys.add_argument("--name", default="")
+    keys.add_argument("--id", dest="key_id", help="the key id to revoke")
+
+    policy = sub.add_parser("policy", help="show or set a tenant's audit policy")
+    policy.add_argument("--tenant", required=True)
+    policy.add_argument("--threshold", type=float)
+    policy.add_argument("--action", choices=["block", "flag", "blur"])
+
     args = parser.parse_args(argv)
     return COMMANDS[args.command](args)
 
@@ -98,7 +109,41 @@ def _tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"up": _up, "worker": _worker, "web": _web, "redis": _redis, "submit": _submit, "tiny-model": _tiny_model}
+def _keys(args: argparse.Namespace) -> int:
+    from tasks.runtime import get_runtime
+
+    tenants = get_runtime().tenants
+    if args.action == "create":
+        key, plaintext = tenants.create_key(tenant=args.tenant, name=args.name)
+        print(f"key id {key.id} for tenant {key.tenant}:\n{plaintext}\n(store it now: it is not shown again)")
+    elif args.action == "list":
+        for key in tenants.list_keys(args.tenant):
+            print(f"{key.id}  {key.name or '-':20}  {'revoked' if key.revoked_at else 'active'}")
+    else:
+        if not args.key_id:
+            print("give the key to revoke with --id")
+            return 2
+        tenants.revoke(tenant=args.tenant, key_id=args.key_id)
+        print(f"revoked {args.key_id}")
+    return 0
+
+
+def _policy(args: argparse.Namespace) -> int:
+    from safety.policy import Action, AuditPolicy
+    from tasks.runtime import get_runtime
+
+    rt = get_runtime()
+    current = rt.audit_policy(args.tenant)
+    if args.threshold is not None or args.action:
+        current = AuditPolicy(threshold=current.threshold if args.threshold is None else args.threshold,
+                              action=Action(args.action) if args.action else current.action)
+        rt.tenants.save_policy(args.tenant, current)
+    print(f"tenant {args.tenant}: threshold {current.threshold}, action {current.action.value}")
+    return 0
+
+
+COMMANDS = {"up": _up, "worker": _worker, "web": _web, "redis": _redis, "submit": _submit, "tiny-model": _tiny_model,
+            "keys": _keys, "policy": _policy}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -74,14 +74,16 @@ def _children_of(pid: int) -> list[int]:
 
 def test_upload_in_the_form_and_download_the_result(stack):
     base, proc, data_dir = stack
-    page = requests.get(base, timeout=10)
+    browser = requests.Session()  # keeps the session cookie, as a browser would
+    page = browser.get(base, timeout=10)
     assert page.ok and 'name="images"' in page.text and "Cartoon" in page.text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
 
     original = photo("astronaut", size=320)
-    response = requests.post(
+    response = browser.post(
         f"{base}/submit",
         files={"images": ("astronaut.jpg", encode(original, "JPEG", quality=90), "image/jpeg")},
-        data={"_form": "1", "engine": "style", "style": "cartoon", "upscale": "2", "size": "320"},
+        data={"_form": "1", "csrf_token": csrf, "engine": "style", "style": "cartoon", "upscale": "2", "size": "320"},
         timeout=30,
     )
     assert response.ok and "/jobs/" in response.url, response.text
