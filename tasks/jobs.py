@@ -111,6 +111,7 @@ class Job:
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     finished_at: float | None = None
+    expires_at: float | None = None
     stages: dict[str, StageRecord] = field(default_factory=lambda: {s: StageRecord() for s in STAGES})
     outputs: dict[str, str] = field(default_factory=dict)
     audit: dict[str, Any] | None = None
@@ -118,8 +119,9 @@ class Job:
 
     @classmethod
     def create(cls, *, tenant: str, params: JobParams, input_ref: str, input_name: str = "",
-               batch_id: str | None = None) -> "Job":
+               batch_id: str | None = None, deadline_s: float | None = None) -> "Job":
         return cls(
+            expires_at=time.time() + deadline_s if deadline_s else None,
             id=new_id(),
             tenant=tenant,
             params=params.model_dump(),
@@ -131,6 +133,9 @@ class Job:
     @property
     def job_params(self) -> JobParams:
         return JobParams(**self.params)
+
+    def is_expired(self, now: float | None = None) -> bool:
+        return self.expires_at is not None and (now or time.time()) > self.expires_at
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -45,6 +45,10 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = 1500
     task_time_limit: int = 1800
     visibility_timeout: int = 3600
+    max_stage_attempts: int = Field(4, description="deliveries of one stage before the job is failed as poison")
+    stage_deadline_s: int = Field(2100, description="a running stage with no heartbeat this long is stuck (reaper)")
+    default_job_deadline_s: int | None = Field(None, description="jobs expire this long after submission (None: never)")
+    reaper_interval_s: int = 30
 
     # --- limits -------------------------------------------------------------------------
     max_upload_bytes: int = 25 * 1024 * 1024

@@ -116,12 +116,17 @@ class JobStore:
         return self._finish(job_id, JobStatus.FAILED, error={"code": code, "message": message})
 
     def cancel(self, job_id: str) -> Job:
+        """Stop a job: a queued one at once, a running one at its next step (the stage checks)."""
         return self._finish(job_id, JobStatus.CANCELED, error={"code": "canceled", "message": "canceled by request"})
+
+    def is_canceled(self, job_id: str) -> bool:
+        raw = self.redis.get(key_for("job", job_id))
+        return raw is not None and json.loads(raw)["status"] == JobStatus.CANCELED.value
 
     def save_progress(self, job_id: str, *, stage: str, step: int, steps: int) -> None:
         key = key_for("progress", job_id)
         with self.redis.pipeline() as pipe:
-            pipe.hset(key, mapping={"stage": stage, "step": step, "steps": steps})
+            pipe.hset(key, mapping={"stage": stage, "step": step, "steps": steps, "at": int(time.time())})
             pipe.expire(key, self.ttl_s)
             pipe.execute()
 

@@ -8,23 +8,26 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import random
+
 import numpy as np
 import redis
+import torch
 from celery import Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from safety.errors import SafetyError
 from safety.validate import decode_png, encode_png
-from tasks.errors import JobNotFound, PixelmillError
+from tasks.errors import InvalidTransition, JobNotFound, PixelmillError
 from tasks.jobs import Job, JobStatus
 from tasks.runtime import Runtime, get_runtime
-from workers.errors import EngineError
+from workers.errors import EngineError, Interrupted
 
 log = logging.getLogger(__name__)
 
 # Transient faults are retried with backoff; everything else fails the job at once.
-TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
-MAX_TRANSIENT_RETRIES = 5
+TRANSIENT: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, torch.OutOfMemoryError)
+MAX_TRANSIENT_RETRIES = 3
 
 
 @dataclass
@@ -39,6 +42,21 @@ StageWork = Callable[[Job, Runtime], StageResult]
 
 
 def run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
+    """Run one stage of a job. A transient fault anywhere in it (Redis away, GPU out of memory)
+    is retried with backoff; if even the retry cannot be sent, the message stays unacknowledged
+    in the broker and is delivered again, and the done markers make the re-run safe."""
+    try:
+        _run_stage(task, job_id, stage, work)
+    except TRANSIENT as e:
+        if task.request.retries >= MAX_TRANSIENT_RETRIES:
+            _fail(get_runtime(), job_id, code="unavailable",
+                  message=f"{stage} failed {MAX_TRANSIENT_RETRIES + 1} times on a transient error: {type(e).__name__}: {e}")
+            raise Ignore() from e
+        log.warning("%s: transient %s on job %s; retrying", stage, type(e).__name__, job_id)
+        raise task.retry(exc=e, countdown=backoff(task.request.retries), max_retries=MAX_TRANSIENT_RETRIES) from e
+
+
+def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
     rt = get_runtime()
     try:
         job = rt.store.fetch(job_id)
@@ -51,15 +69,27 @@ def run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
     if job.stages[stage].done:
         log.info("%s: job %s already did this stage (re-delivery); moving on", stage, job_id)
         return
+    if job.is_expired():
+        _fail(rt, job_id, code="expired", message="the job passed its deadline before it could finish")
+        raise Ignore()
+    if job.stages[stage].attempts >= rt.settings.max_stage_attempts:
+        _fail(rt, job_id, code="poison", message=(
+            f"the {stage} stage was started {job.stages[stage].attempts} times without finishing "
+            "(its worker was lost each time); giving up on this job — the input may crash the engine"))
+        raise Ignore()
 
-    job = rt.store.start_stage(job_id, stage, queue=task.request.delivery_info.get("routing_key"),
-                               worker=task.request.hostname)
+    try:
+        job = rt.store.start_stage(job_id, stage, queue=(task.request.delivery_info or {}).get("routing_key"),
+                                   worker=task.request.hostname)
+    except InvalidTransition:  # canceled or failed a moment ago
+        raise Ignore() from None
     try:
         result = work(job, rt)
-    except TRANSIENT as e:
-        if task.request.retries < MAX_TRANSIENT_RETRIES:
-            raise task.retry(exc=e, countdown=min(2 ** task.request.retries, 30)) from e
-        _fail(rt, job_id, code="unavailable", message=f"{stage} could not reach Redis after retries: {e}")
+    except TRANSIENT:
+        raise
+    except Interrupted:
+        if not rt.store.is_canceled(job_id):
+            _fail(rt, job_id, code="interrupted", message=f"{stage} was interrupted")
     except SoftTimeLimitExceeded:
         _fail(rt, job_id, code="timeout",
               message=f"{stage} took longer than {rt.settings.task_soft_time_limit} s; "
@@ -70,10 +100,18 @@ def run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
         log.exception("%s: unexpected error on job %s", stage, job_id)
         _fail(rt, job_id, code="internal_error", message=f"{stage} failed unexpectedly: {type(e).__name__}: {e}")
     else:
-        rt.store.finish_stage(job_id, stage, outputs=result.outputs, cached=result.cached,
-                              end=result.end, audit=result.audit)
+        try:
+            rt.store.finish_stage(job_id, stage, outputs=result.outputs, cached=result.cached,
+                                  end=result.end, audit=result.audit)
+        except InvalidTransition:  # canceled while this stage ran: drop its output
+            raise Ignore() from None
         return
     raise Ignore()  # the job has failed: stop the chain here
+
+
+def backoff(retries: int, *, base_s: float = 1.0, cap_s: float = 30.0) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base·2^retries)]."""
+    return random.uniform(0, min(cap_s, base_s * 2 ** retries))
 
 
 def _fail(rt: Runtime, job_id: str, *, code: str, message: str) -> None:

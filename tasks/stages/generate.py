@@ -49,11 +49,12 @@ def _progress_reporter(job: Job, rt: Runtime):
     last = 0.0
 
     def on_step(step: int, steps: int) -> bool:
+        """Report progress (throttled) and stop at this step if the job was canceled."""
         nonlocal last
         now = time.monotonic()
         if step == steps or now - last >= PROGRESS_EVERY_S:
             rt.store.save_progress(job.id, stage="generate", step=step, steps=steps)
             last = now
-        return False
+        return rt.store.is_canceled(job.id)
 
     return on_step

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from pydantic import ValidationError
 
@@ -96,7 +98,9 @@ def test_progress_and_recent(redis_client):
     store = JobStore(redis_client)
     jobs = [store.create(_job()) for _ in range(3)]
     store.save_progress(jobs[0].id, stage="generate", step=3, steps=10)
-    assert store.fetch_progress(jobs[0].id) == {"stage": "generate", "step": 3, "steps": 10}
+    progress = store.fetch_progress(jobs[0].id)
+    assert {k: progress[k] for k in ("stage", "step", "steps")} == {"stage": "generate", "step": 3, "steps": 10}
+    assert abs(progress["at"] - time.time()) < 5  # the heartbeat the reaper reads
     recent_ids = [job.id for job in store.recent("t1", limit=3)]
     assert recent_ids == [job.id for job in reversed(jobs)]
     assert store.recent("someone-else") == []
