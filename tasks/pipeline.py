@@ -29,16 +29,22 @@ def route_for(stage: str, engine: str, *, overrides: dict[str, str] | None = Non
     raise KeyError(f"no route for stage {stage!r} and engine {engine!r}")
 
 
-def build_chain(job: Job, settings: Settings) -> chain:
-    """encode → generate → enhance → audit, as immutable signatures carrying only the job id."""
+def build_chain(job: Job, settings: Settings, *, start: str = STAGES[0]) -> chain:
+    """encode → generate → enhance → audit (or its tail from ``start``), as immutable
+    signatures carrying only the job id."""
     from tasks.stages import STAGE_TASKS
 
     engine = job.params["engine"]
     return chain(
         STAGE_TASKS[stage].si(job.id).set(queue=route_for(stage, engine, overrides=settings.routes))
-        for stage in STAGES
+        for stage in STAGES[STAGES.index(start):]
     )
 
 
 def enqueue(job: Job, settings: Settings) -> None:
     build_chain(job, settings).apply_async()
+
+
+def enqueue_from(job: Job, stage: str, settings: Settings) -> None:
+    """Enqueue the rest of a job's chain again, from ``stage`` on (the reaper's re-enqueue)."""
+    build_chain(job, settings, start=stage).apply_async()

@@ -13,6 +13,8 @@ def job_payload(job: Job, *, progress: dict[str, Any] | None = None, base_url: s
     links = {"self": api, "page": f"{base_url}/jobs/{job.id}", "input": f"{api}/input"}
     if job.status is JobStatus.SUCCEEDED:
         links["result"] = f"{api}/result"
+    if not job.status.is_terminal():
+        links["cancel"] = f"{api}/cancel"
     if job.batch_id:
         links["batch"] = f"{base_url}/api/v1/batches/{job.batch_id}"
     return {
@@ -26,6 +28,7 @@ def job_payload(job: Job, *, progress: dict[str, Any] | None = None, base_url: s
         "created_at": job.created_at,
         "updated_at": job.updated_at,
         "finished_at": job.finished_at,
+        "expires_at": job.expires_at,
         "stages": {name: _stage_payload(job, name) for name in STAGES},
         "audit": job.audit,
         "error": job.error,

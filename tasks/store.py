@@ -119,6 +119,10 @@ class JobStore:
         """Stop a job: a queued one at once, a running one at its next step (the stage checks)."""
         return self._finish(job_id, JobStatus.CANCELED, error={"code": "canceled", "message": "canceled by request"})
 
+    def touch(self, job_id: str) -> Job:
+        """Record that someone looked after the job now (the reaper, when it re-enqueues)."""
+        return self._update(job_id, lambda job: None)
+
     def is_canceled(self, job_id: str) -> bool:
         raw = self.redis.get(key_for("job", job_id))
         return raw is not None and json.loads(raw)["status"] == JobStatus.CANCELED.value

@@ -18,6 +18,7 @@ from tasks.errors import PixelmillError
 from tasks.jobs import Batch, Job, JobParams, new_id
 from tasks.pipeline import enqueue
 from tasks.runtime import Runtime
+from tasks.webhooks.models import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -51,29 +52,36 @@ def enforce_limits(rt: Runtime, *, tenant: str, jobs: int) -> None:
     rt.tenants.check_active(tenant, adding=jobs, limit=rt.settings.max_active_jobs)
 
 
-def submit_job(rt: Runtime, *, tenant: str, upload: Upload, params: JobParams) -> Job:
+def submit_job(rt: Runtime, *, tenant: str, upload: Upload, params: JobParams,
+               deadline_s: float | None = None, webhook: Subscription | None = None) -> Job:
     enforce_limits(rt, tenant=tenant, jobs=1)
-    job = _prepare(rt, tenant=tenant, upload=upload, params=with_seed(params))
+    job = _prepare(rt, tenant=tenant, upload=upload, params=with_seed(params), deadline_s=deadline_s)
+    if webhook is not None:  # before the job exists, so its first event already finds it
+        rt.webhooks.save_subscription(job.id, webhook)
     rt.store.create(job)
     _enqueue(rt, [job])
     return job
 
 
-def submit_batch(rt: Runtime, *, tenant: str, uploads: list[Upload], params: JobParams) -> tuple[Batch, list[Job]]:
+def submit_batch(rt: Runtime, *, tenant: str, uploads: list[Upload], params: JobParams,
+                 deadline_s: float | None = None, webhook: Subscription | None = None) -> tuple[Batch, list[Job]]:
     """N jobs under one batch id. Every upload is validated before any job is written."""
     enforce_limits(rt, tenant=tenant, jobs=len(uploads))
     batch_id = new_id()
     jobs = [
-        _prepare(rt, tenant=tenant, upload=upload, params=with_seed(params), batch_id=batch_id)
+        _prepare(rt, tenant=tenant, upload=upload, params=with_seed(params), batch_id=batch_id, deadline_s=deadline_s)
         for upload in uploads
     ]
     batch = Batch(id=batch_id, tenant=tenant, job_ids=[job.id for job in jobs])
+    if webhook is not None:  # the batch's webhook hears its jobs' events and batch.completed
+        rt.webhooks.save_subscription(batch.id, webhook)
     rt.store.create_batch(batch, jobs)
     _enqueue(rt, jobs)
     return batch, jobs
 
 
-def _prepare(rt: Runtime, *, tenant: str, upload: Upload, params: JobParams, batch_id: str | None = None) -> Job:
+def _prepare(rt: Runtime, *, tenant: str, upload: Upload, params: JobParams, batch_id: str | None = None,
+             deadline_s: float | None = None) -> Job:
     try:
         clean = validate_image(upload.data, limits=upload_limits(rt))
     except InputRejected as e:
@@ -81,7 +89,8 @@ def _prepare(rt: Runtime, *, tenant: str, upload: Upload, params: JobParams, bat
             raise
         raise InputRejected(e.code, f"{upload.name}: {e} (nothing in this batch was queued)", status=e.status) from e
     ref = rt.blobs.save(clean.png, ext="png")
-    return Job.create(tenant=tenant, params=params, input_ref=ref, input_name=upload.name, batch_id=batch_id)
+    return Job.create(tenant=tenant, params=params, input_ref=ref, input_name=upload.name, batch_id=batch_id,
+                      deadline_s=deadline_s or rt.settings.default_job_deadline_s)
 
 
 def _enqueue(rt: Runtime, jobs: list[Job]) -> None:

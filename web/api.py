@@ -9,13 +9,18 @@ from tasks.jobs import JobStatus
 from tasks.present import batch_payload, job_payload
 from tasks.submit import submit_batch, submit_job
 from web.extensions import base_url, current_tenant, fetch_batch, fetch_job, pixelmill
-from web.forms import read_params, read_uploads
+from web.forms import read_deadline, read_params, read_uploads
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 
 class ResultNotReady(PixelmillError):
     code = "not_ready"
+    status = 409
+
+
+class AlreadyFinished(PixelmillError):
+    code = "already_finished"
     status = 409
 
 
@@ -29,7 +34,8 @@ def create_job():
     rt = pixelmill.runtime
     params = read_params(request, strict=True)
     (upload,) = read_uploads(request, field="image", max_files=1)
-    job = submit_job(rt, tenant=current_tenant(), upload=upload, params=params)
+    job = submit_job(rt, tenant=current_tenant(), upload=upload, params=params,
+                     deadline_s=read_deadline(request, default=None))
     response = jsonify(job_payload(job, base_url=base_url()))
     response.status_code = 202
     response.headers["Location"] = url_for("api.show_job", job_id=job.id)
@@ -48,6 +54,16 @@ def show_job(job_id: str):
     job = fetch_job(job_id)
     progress = pixelmill.runtime.store.fetch_progress(job_id)
     return jsonify(job_payload(job, progress=progress, base_url=base_url()))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    """Stop a job: a queued one at once, a running one at its next step."""
+    job = fetch_job(job_id)
+    if job.status.is_terminal():
+        raise AlreadyFinished(f"the job already ended {job.status.value}; there is nothing to cancel")
+    job = pixelmill.runtime.store.cancel(job_id)
+    return jsonify(job_payload(job, base_url=base_url()))
 
 
 @bp.get("/jobs/<job_id>/result")
@@ -71,7 +87,8 @@ def create_batch():
     rt = pixelmill.runtime
     params = read_params(request, strict=True)
     uploads = read_uploads(request, field="images", max_files=rt.settings.max_batch_files)
-    batch, jobs = submit_batch(rt, tenant=current_tenant(), uploads=uploads, params=params)
+    batch, jobs = submit_batch(rt, tenant=current_tenant(), uploads=uploads, params=params,
+                                deadline_s=read_deadline(request, default=None))
     response = jsonify(batch_payload(batch, jobs, base_url=base_url()))
     response.status_code = 202
     response.headers["Location"] = url_for("api.show_batch", batch_id=batch.id)

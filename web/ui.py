@@ -8,7 +8,7 @@ from tasks.jobs import JobParams
 from tasks.present import batch_payload, job_payload
 from tasks.submit import submit_batch, submit_job
 from web.extensions import base_url, current_tenant, fetch_batch, fetch_job, pixelmill
-from web.forms import read_params, read_uploads
+from web.forms import read_deadline, read_params, read_uploads
 from workers.styles import STYLES
 
 bp = Blueprint("ui", __name__)
@@ -33,9 +33,11 @@ def submit():
     params = read_params(request, strict=False)
     uploads = read_uploads(request, field="images", max_files=rt.settings.max_batch_files)
     if len(uploads) == 1:
-        job = submit_job(rt, tenant=current_tenant(), upload=uploads[0], params=params)
+        job = submit_job(rt, tenant=current_tenant(), upload=uploads[0], params=params,
+                         deadline_s=read_deadline(request, default=None))
         return redirect(url_for("ui.show_job", job_id=job.id), code=303)
-    batch, _ = submit_batch(rt, tenant=current_tenant(), uploads=uploads, params=params)
+    batch, _ = submit_batch(rt, tenant=current_tenant(), uploads=uploads, params=params,
+                                deadline_s=read_deadline(request, default=None))
     return redirect(url_for("ui.show_batch", batch_id=batch.id), code=303)
 
 
@@ -44,6 +46,14 @@ def show_job(job_id: str):
     job = fetch_job(job_id)
     progress = pixelmill.runtime.store.fetch_progress(job_id)
     return render_template("job.html", job=job_payload(job, progress=progress, base_url=base_url()))
+
+
+@bp.post("/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    job = fetch_job(job_id)
+    if not job.status.is_terminal():
+        pixelmill.runtime.store.cancel(job_id)
+    return redirect(url_for("ui.show_job", job_id=job_id), code=303)
 
 
 @bp.get("/batches/<batch_id>")

@@ -43,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     tiny = sub.add_parser("tiny-model", help="build a tiny random-weight SD pipeline (for demos and tests)")
     tiny.add_argument("path", type=Path)
 
+    sub.add_parser("reaper", help="fail expired jobs and re-enqueue stuck ones, every reaper_interval_s")
+
     keys = sub.add_parser("keys", help="manage API keys (stored hashed; a new key is shown once)")
     keys.add_argument("action", choices=["create", "list", "revoke"])
     keys.add_argument("--tenant", required=True)
@@ -109,6 +111,17 @@ def _tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reaper(args: argparse.Namespace) -> int:
+    import logging
+
+    from tasks.reaper import run_forever
+    from tasks.runtime import get_runtime
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_forever(get_runtime())
+    return 0
+
+
 def _keys(args: argparse.Namespace) -> int:
     from tasks.runtime import get_runtime
 
@@ -143,7 +156,7 @@ def _policy(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"up": _up, "worker": _worker, "web": _web, "redis": _redis, "submit": _submit, "tiny-model": _tiny_model,
-            "keys": _keys, "policy": _policy}
+            "keys": _keys, "policy": _policy, "reaper": _reaper}
 
 if __name__ == "__main__":
     sys.exit(main())

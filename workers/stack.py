@@ -47,6 +47,7 @@ def stack_specs(*, host: str, port: int, cpu_concurrency: int, env: dict[str, st
         ProcessSpec("gpu", worker_argv(queues="gpu", concurrency=1), gpu_env),
         ProcessSpec("io", worker_argv(queues="io", concurrency=8, pool="threads"), env),
         ProcessSpec("web", web_argv(host=host, port=port), env),
+        ProcessSpec("reaper", [sys.executable, "-m", "workers.cli", "reaper"], env),
     ]
 
 

@@ -36,6 +36,8 @@
       $('result-figure').hidden = false;
     }
     $('waiting').hidden = TERMINAL.includes(job.status);
+    const cancel = $('cancel-form');
+    if (cancel) cancel.hidden = TERMINAL.includes(job.status);
   }
 
   async function poll() {

@@ -1,0 +1,90 @@
+"""The reaper: finds jobs that stopped moving and deals with them.
+
+- A job past its deadline (``expires_at``) is failed as ``expired``.
+- A job whose running stage has shown no heartbeat (its start or a progress step) for
+  ``stage_deadline_s`` is stuck: its chain is enqueued again from that stage (stages are
+  idempotent: a re-run finds the done markers), or, once the stage has used up
+  ``max_stage_attempts``, the job is failed.
+
+Run it as a process (``pixelmill reaper``); several reapers are safe: each change is a
+transaction and terminal states never change.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from tasks.errors import InvalidTransition, JobNotFound
+from tasks.jobs import Job, JobStatus
+from tasks.pipeline import enqueue_from
+from tasks.present import current_stage
+from tasks.runtime import Runtime
+from tasks.store import key_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReapReport:
+    expired: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def reap(rt: Runtime, *, now: float | None = None) -> ReapReport:
+    now = now or time.time()
+    report = ReapReport()
+    for job in _unfinished_jobs(rt):
+        try:
+            _reap_job(rt, job, now=now, report=report)
+        except (InvalidTransition, JobNotFound):
+            continue  # it moved on (or ended) while we looked: not stuck
+    return report
+
+
+def _reap_job(rt: Runtime, job: Job, *, now: float, report: ReapReport) -> None:
+    if job.is_expired(now):
+        rt.store.fail(job.id, code="expired", message="the job passed its deadline before it could finish")
+        report.expired.append(job.id)
+        return
+    stage = current_stage(job)
+    if stage is None or job.status is JobStatus.QUEUED:
+        return  # waiting in a queue is not being stuck
+    record = job.stages[stage]
+    heartbeat = max(record.started_at or 0, rt.store.fetch_progress(job.id).get("at", 0), job.updated_at)
+    if now - heartbeat < rt.settings.stage_deadline_s:
+        return
+    if record.attempts >= rt.settings.max_stage_attempts:
+        rt.store.fail(job.id, code="stuck", message=(
+            f"the {stage} stage stopped moving {record.attempts} times; giving up on this job"))
+        report.failed.append(job.id)
+        return
+    log.warning("job %s stuck in %s for %.0f s; enqueuing again from there", job.id, stage, now - heartbeat)
+    rt.store.touch(job.id)
+    enqueue_from(job, stage, rt.settings)
+    report.requeued.append(job.id)
+
+
+def _unfinished_jobs(rt: Runtime):
+    for active_key in rt.redis.scan_iter(match=key_for("active", "*"), count=100):
+        for job_id in rt.redis.smembers(active_key):
+            try:
+                yield rt.store.fetch(job_id.decode())
+            except JobNotFound:
+                rt.redis.srem(active_key, job_id)  # expired record: nothing left to reap
+
+
+def run_forever(rt: Runtime) -> None:
+    interval = rt.settings.reaper_interval_s
+    log.info("reaper: checking unfinished jobs every %s s", interval)
+    while True:
+        try:
+            report = reap(rt)
+            if report.expired or report.requeued or report.failed:
+                log.info("reaper: expired %d, requeued %d, failed %d",
+                         len(report.expired), len(report.requeued), len(report.failed))
+        except Exception:  # noqa: BLE001 — keep reaping through Redis restarts
+            log.exception("reaper: pass failed; trying again in %s s", interval)
+        time.sleep(interval)
