@@ -25,15 +25,19 @@ from workers.errors import EngineError, Interrupted
 
 log = logging.getLogger(__name__)
 
-# Transient faults are retried with backoff; everything else fails the job at once.
+# Transient faults are retried with backoff, a bounded number of times; everything else
+# fails the job at once. Redis may be away for minutes (a restart, a failover): ~5 min of
+# retries. A GPU out of memory clears quickly or not at all: 3 retries.
 TRANSIENT: tuple[type[BaseException], ...] = (redis.ConnectionError, redis.TimeoutError, torch.OutOfMemoryError)
-MAX_TRANSIENT_RETRIES = 3
+MAX_RETRIES: dict[type[BaseException], int] = {redis.ConnectionError: 10, redis.TimeoutError: 10,
+                                                torch.OutOfMemoryError: 3}
 
 
 @dataclass
 class StageResult:
     outputs: dict[str, str] = field(default_factory=dict)
     cached: bool = False
+    cache: dict[str, Any] | None = None  # what the latent cache did, shown on the job
     end: JobStatus | None = None
     audit: dict[str, Any] | None = None
 
@@ -48,12 +52,14 @@ def run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
     try:
         _run_stage(task, job_id, stage, work)
     except TRANSIENT as e:
-        if task.request.retries >= MAX_TRANSIENT_RETRIES:
+        limit = next(n for kind, n in MAX_RETRIES.items() if isinstance(e, kind))
+        if task.request.retries >= limit:
             _fail(get_runtime(), job_id, code="unavailable",
-                  message=f"{stage} failed {MAX_TRANSIENT_RETRIES + 1} times on a transient error: {type(e).__name__}: {e}")
+                  message=f"{stage} failed {limit + 1} times on a transient error: {type(e).__name__}: {e}")
             raise Ignore() from e
-        log.warning("%s: transient %s on job %s; retrying", stage, type(e).__name__, job_id)
-        raise task.retry(exc=e, countdown=backoff(task.request.retries), max_retries=MAX_TRANSIENT_RETRIES) from e
+        log.warning("%s: transient %s on job %s; retry %d of %d", stage, type(e).__name__, job_id,
+                    task.request.retries + 1, limit)
+        raise task.retry(exc=e, countdown=backoff(task.request.retries), max_retries=limit) from e
 
 
 def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
@@ -102,16 +108,18 @@ def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
     else:
         try:
             rt.store.finish_stage(job_id, stage, outputs=result.outputs, cached=result.cached,
-                                  end=result.end, audit=result.audit)
+                                  cache=result.cache, end=result.end, audit=result.audit)
         except InvalidTransition:  # canceled while this stage ran: drop its output
             raise Ignore() from None
         return
     raise Ignore()  # the job has failed: stop the chain here
 
 
-def backoff(retries: int, *, base_s: float = 1.0, cap_s: float = 30.0) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base·2^retries)]."""
-    return random.uniform(0, min(cap_s, base_s * 2 ** retries))
+def backoff(retries: int, *, base_s: float = 1.0, cap_s: float = 60.0) -> float:
+    """Exponential backoff with "equal jitter": between half and all of min(cap, base·2^retries),
+    so retries spread out but never come back at once."""
+    delay = min(cap_s, base_s * 2 ** retries)
+    return delay / 2 + random.uniform(0, delay / 2)
 
 
 def _fail(rt: Runtime, job_id: str, *, code: str, message: str) -> None:
