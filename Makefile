@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-unit test-integration test-e2e tiny-model clean
+.PHONY: install run test test-unit test-integration test-e2e tiny-model bench-cache clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test-integration: install
 
 test-e2e: install
 	$(BIN)/python -m pytest tests/e2e
+
+bench-cache: install  ## latent cache: miss vs hit with the SD 1.5-size VAE, key and lookup times, hit ratio; writes docs/benchmarks.md
+	$(BIN)/python bench/cache_bench.py
 
 tiny-model: install  ## a tiny random-weight SD pipeline under var/models/tiny, to try the diffusion engine
 	$(BIN)/pixelmill tiny-model var/models/tiny

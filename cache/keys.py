@@ -1,10 +1,22 @@
 """Cache keys are content signatures: sha256 of canonical sorted JSON of everything that
-changes the output (ComfyUI's idea). Anything unseeded or impure is never cached."""
+changes the output, plus the upstream key (ComfyUI's idea). Anything unseeded or impure is
+never cached.
+
+Two keys live here:
+
+* the **latent key** — what an image looks like (its normalised pixels) and what encodes it
+  (model, VAE revision, dtype, target resolution, crop, rotation), in a scope;
+* the **result key** — a latent reference plus every parameter of generation, seed included.
+
+Prompt, negative prompt, guidance, steps, strength and seed are deliberately *not* part of the
+latent key: a new prompt on the same photo reuses the latent.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -23,14 +35,53 @@ def pixels_digest(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def latent_key(*, pixels: str, model: str, revision: str | None, size: tuple[int, int],
-               dtype: str, scope: str, crop: str = "center", rotation: int = 0) -> str:
-    """The key of a VAE latent: what the image looks like and what encodes it.
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Everything besides the pixels that changes a latent.
+
+    ``size`` is the requested working size (the longer side); the exact normalised shape is
+    part of the latent key through the pixels digest, and near-duplicates may differ from it
+    by one latent cell (see cache.fingerprint).
+    """
+
+    model: str
+    revision: str | None
+    dtype: str
+    size: int
+    crop: str = "resize"
+    rotation: int = 0
+
+    def signature(self) -> str:
+        return signature({"kind": "encoder", **asdict(self)})
+
+
+def latent_key(*, pixels: str, model: str, revision: str | None, size: tuple[int, int] | int,
+               dtype: str, scope: str, crop: str = "resize", rotation: int = 0) -> str:
+    """The key of a VAE latent: what the image looks like and what encodes it, in a scope.
 
     Prompt, guidance, steps, strength and seed are deliberately absent: a new prompt on the
     same photo reuses the latent.
     """
     return signature({
-        "pixels": pixels, "model": model, "revision": revision, "size": list(size),
+        "pixels": pixels, "model": model, "revision": revision,
+        "size": list(size) if isinstance(size, tuple | list) else size,
         "dtype": dtype, "scope": scope, "crop": crop, "rotation": rotation,
     })
+
+
+def latent_key_for(spec: EncoderSpec, *, pixels: str, shape: tuple[int, int], scope: str) -> str:
+    """``latent_key`` for an encoder spec and a normalised image of ``shape`` (height, width)."""
+    return latent_key(pixels=pixels, model=spec.model, revision=spec.revision, size=(spec.size, *shape),
+                      dtype=spec.dtype, scope=scope, crop=spec.crop, rotation=spec.rotation)
+
+
+def result_key(*, latent_ref: str, model: str, revision: str | None, dtype: str,
+               params: dict[str, Any]) -> str | None:
+    """The key of a generated image: the latent it starts from and every generation parameter.
+
+    Returns None when the run is not reproducible (no seed): an unseeded run is never cached.
+    """
+    if params.get("seed") is None:
+        return None
+    return signature({"kind": "result", "latent": latent_ref, "model": model, "revision": revision,
+                      "dtype": dtype, "params": params})

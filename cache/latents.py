@@ -1,56 +1,82 @@
 """Latents on Redis as safetensors bytes (never pickle), every key with a TTL.
 
-A Redis error makes the cache a miss, never a failed job.
+A latent's reference is ``<scope token>:<latent key>``; its Redis key is
+``pixelmill:cache:<scope token>:latent:<latent key>``. A Redis error makes the cache a miss,
+never a failed job; an entry larger than ``max_bytes`` is not stored.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import numpy as np
 import redis
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from cache.backend import Backend, key_for as cache_key
+
 log = logging.getLogger(__name__)
 
-PREFIX = "pixelmill:latent"
+LEGACY_PREFIX = "pixelmill:latent"
 
 
-def key_for(key: str) -> str:
-    return f"{PREFIX}:{key}"
+def make_ref(scope_token: str, key: str) -> str:
+    return f"{scope_token}:{key}"
+
+
+def key_for(ref: str) -> str:
+    """The Redis key of a latent reference (a pre-scope bare key maps to the old prefix)."""
+    token, _, key = ref.rpartition(":")
+    if not token:
+        return f"{LEGACY_PREFIX}:{key}"
+    return cache_key(token, "latent", key)
+
+
+def to_numpy(latent: Any) -> np.ndarray:
+    if hasattr(latent, "detach"):
+        latent = latent.detach().to("cpu").float().numpy()
+    return np.ascontiguousarray(latent)
+
+
+def encode_latent(latent: Any) -> bytes:
+    return st_save({"latent": to_numpy(latent)})
 
 
 class LatentStore:
-    def __init__(self, client: redis.Redis, *, ttl_s: int, max_bytes: int = 64 * 1024 * 1024) -> None:
-        self.redis = client
+    def __init__(self, client: redis.Redis | Backend, *, ttl_s: int, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.backend = client if isinstance(client, Backend) else Backend(client)
         self.ttl_s = ttl_s
         self.max_bytes = max_bytes
 
-    def save(self, key: str, latent: np.ndarray) -> bool:
-        """Store a latent; returns False (and stores nothing) when it is too large or Redis is down."""
-        data = st_save({"latent": np.ascontiguousarray(latent)})
-        if len(data) > self.max_bytes:
-            return False
-        try:
-            self.redis.set(key_for(key), data, ex=self.ttl_s)
-        except redis.RedisError as e:
-            log.warning("latent cache unavailable, not storing %s: %s", key, e)
-            return False
-        return True
+    @property
+    def redis(self) -> redis.Redis:
+        return self.backend.client
 
-    def fetch(self, key: str) -> np.ndarray | None:
-        try:
-            data = self.redis.get(key_for(key))
-        except redis.RedisError as e:
-            log.warning("latent cache unavailable, treating %s as a miss: %s", key, e)
-            return None
+    def save(self, ref: str, latent: Any) -> bool:
+        """Store a latent; False (and nothing stored) when it is too large or Redis is down."""
+        return self.save_bytes(ref, encode_latent(latent))
+
+    def save_bytes(self, ref: str, data: bytes) -> bool:
+        if len(data) > self.max_bytes:
+            log.info("latent %s is %d bytes, over the cache limit of %d; not cached", ref, len(data), self.max_bytes)
+            return False
+        return bool(self.backend.call("save latent", lambda r: r.set(key_for(ref), data, ex=self.ttl_s), False))
+
+    def fetch(self, ref: str) -> np.ndarray | None:
+        data = self.backend.call("fetch latent", lambda r: r.get(key_for(ref)), None)
         if data is None:
             return None
-        return st_load(data)["latent"]
-
-    def exists(self, key: str) -> bool:
         try:
-            return bool(self.redis.exists(key_for(key)))
-        except redis.RedisError:
-            return False
+            return st_load(data)["latent"]
+        except Exception as e:  # noqa: BLE001 — a corrupt entry is a miss, and is removed
+            log.warning("latent %s could not be decoded (%s); dropping it", ref, e)
+            self.backend.call("drop latent", lambda r: r.delete(key_for(ref)), None)
+            return None
+
+    def fetch_bytes(self, ref: str) -> bytes | None:
+        return self.backend.call("fetch latent", lambda r: r.get(key_for(ref)), None)
+
+    def exists(self, ref: str) -> bool:
+        return bool(self.backend.call("latent exists", lambda r: r.exists(key_for(ref)), 0))

@@ -18,7 +18,16 @@ def celery_config(settings: Settings) -> dict:
     """
     return {
         "broker_url": settings.broker(),
-        "broker_transport_options": {"visibility_timeout": settings.visibility_timeout},
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout,
+            # Redis broker: sweep for messages of dead workers every restore interval (kombu's
+            # default scans only every ~100 s); never wait forever on a dead connection.
+            "unacked_restore_interval": settings.unacked_restore_interval_s,
+            "unacked_restore_throttle": 1,
+            "socket_timeout": 30,
+            "socket_connect_timeout": 5,
+            "socket_keepalive": True,
+        },
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "task_acks_late": True,
@@ -41,7 +50,7 @@ def celery_config(settings: Settings) -> dict:
 
 def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    celery = Celery("pixelmill", include=["tasks.stages"])
+    celery = Celery("pixelmill", include=["tasks.stages", "tasks.webhooks.tasks"])
     celery.conf.update(celery_config(settings))
     return celery
 

@@ -95,6 +95,7 @@ class StageRecord:
     attempts: int = 0
     done: bool = False
     cached: bool = False
+    cache: dict[str, Any] | None = None  # how the latent cache served it: tier, match, … (cache.service)
     queue: str | None = None
     worker: str | None = None
 

@@ -58,11 +58,31 @@ def _stage_payload(job: Job, name: str) -> dict[str, Any]:
     return {
         "state": state,
         "cached": record.cached,
+        "cache": record.cache,
+        "cache_label": cache_label(record.cached, record.cache),
         "seconds": record.seconds,
         "attempts": record.attempts,
         "queue": record.queue,
         "worker": record.worker,
     }
+
+
+def cache_label(cached: bool, cache: dict[str, Any] | None) -> str | None:
+    """What the latent cache did for a stage, in words for the job page."""
+    cache = cache or {}
+    if cached:
+        if cache.get("tier") == "results":
+            return "served from cache: identical request, stored result (generate did not run)"
+        parts = [f"{cache['tier']} tier" if cache.get("tier") else None,
+                 "near-duplicate of an earlier upload" if cache.get("match") == "near" else None,
+                 "waited for another worker's encode" if cache.get("waited_s") else None]
+        return "served from cache" + (": " + ", ".join(p for p in parts if p) if any(parts) else "")
+    if cache.get("note"):
+        return cache["note"]
+    if cache.get("latent_tier"):
+        tier = cache["latent_tier"]
+        return "latent re-encoded (not in the cache)" if tier == "recomputed" else f"latent from the {tier} tier"
+    return None
 
 
 def batch_payload(batch: Batch, jobs: list[Job], *, base_url: str = "") -> dict[str, Any]:

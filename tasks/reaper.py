@@ -87,4 +87,13 @@ def run_forever(rt: Runtime) -> None:
                          len(report.expired), len(report.requeued), len(report.failed))
         except Exception:  # noqa: BLE001 — keep reaping through Redis restarts
             log.exception("reaper: pass failed; trying again in %s s", interval)
+        _kick_webhooks(rt)
         time.sleep(interval)
+
+
+def _kick_webhooks(rt: Runtime) -> None:
+    """A periodic nudge for webhook delivery: drain any event the io queue was never told about
+    and re-send pending deliveries whose task message was lost (tasks.webhooks.tasks.sweep)."""
+    from tasks.webhooks.tasks import kick
+
+    kick(rt.settings)

@@ -11,7 +11,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,6 +45,7 @@ class Settings(BaseSettings):
     task_soft_time_limit: int = 1500
     task_time_limit: int = 1800
     visibility_timeout: int = 3600
+    unacked_restore_interval_s: int = Field(10, description="Redis broker: how often to look for messages of dead workers")
     max_stage_attempts: int = Field(4, description="deliveries of one stage before the job is failed as poison")
     stage_deadline_s: int = Field(2100, description="a running stage with no heartbeat this long is stuck (reaper)")
     default_job_deadline_s: int | None = Field(None, description="jobs expire this long after submission (None: never)")
@@ -60,7 +61,20 @@ class Settings(BaseSettings):
 
     # --- lifetimes ------------------------------------------------------------------------
     job_ttl_s: int = 7 * 24 * 3600
-    latent_ttl_s: int = 24 * 3600
+    latent_ttl_s: int = Field(24 * 3600, gt=0, description="latents and their near-duplicate index")
+    result_ttl_s: int = Field(24 * 3600, gt=0, description="whole results reused for identical requests")
+
+    # --- latent cache (docs/cache.md) ---------------------------------------------------------
+    cache_redis_url: str | None = Field(None, description="a separate Redis for the cache (allkeys-lru); "
+                                                          "defaults to redis_url (then every cache key has a TTL)")
+    cache_scope: Literal["tenant", "shared"] = Field("tenant", description="tenant: hits only within a tenant; "
+                                                                           "shared: across tenants")
+    cache_hot_bytes: int = Field(256 * 1024 * 1024, ge=0, description="in-worker LRU of latents (on the GPU "
+                                                                      "for GPU workers), per process")
+    cache_max_entry_bytes: int = Field(16 * 1024 * 1024, gt=0, description="larger latents are not cached")
+    cache_hash_radius: int = Field(6, ge=0, le=15, description="pHash bits a near-duplicate may differ by")
+    singleflight_timeout_s: float = Field(180.0, gt=0, description="how long a worker waits for another "
+                                                                   "worker's encode of the same image")
 
     # --- web ------------------------------------------------------------------------------
     host: str = "127.0.0.1"
@@ -92,6 +106,9 @@ class Settings(BaseSettings):
 
     def broker(self) -> str:
         return self.broker_url or self.redis_url
+
+    def cache_redis(self) -> str:
+        return self.cache_redis_url or self.redis_url
 
     @property
     def blob_dir(self) -> Path:

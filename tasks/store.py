@@ -88,7 +88,8 @@ class JobStore:
         return self._update(job_id, change)
 
     def finish_stage(self, job_id: str, stage: str, *, outputs: dict[str, str], cached: bool = False,
-                     end: JobStatus | None = None, audit: dict[str, Any] | None = None) -> Job:
+                     cache: dict[str, Any] | None = None, end: JobStatus | None = None,
+                     audit: dict[str, Any] | None = None) -> Job:
         """Mark a stage done and record its outputs: the done marker a re-run checks first.
 
         The last stage passes ``end`` (succeeded or blocked) so that its done marker and the
@@ -105,7 +106,7 @@ class JobStore:
             record = job.stages[stage]
             record.finished_at = time.time()
             record.seconds = round(record.finished_at - (record.started_at or record.finished_at), 4)
-            record.done, record.cached = True, cached
+            record.done, record.cached, record.cache = True, cached, cache
             job.outputs.update(outputs)
 
         job = self._update(job_id, change)

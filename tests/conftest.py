@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +32,15 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PIXELMILL_DATA_DIR"] = str(SESSION_DIR / "data")
     os.environ["PIXELMILL_DIFFUSION_MODEL"] = str(SESSION_DIR / "tiny-sd")
     os.environ["PIXELMILL_MAX_OUTPUT_PIXELS"] = "5000000"  # small, so a test can trip it cheaply
+    # One tenant submits for the whole session: its per-minute limit must not trip across tests
+    # (the tests of the limit build their own app with a small one).
+    os.environ["PIXELMILL_RATE_LIMIT_PER_MINUTE"] = "100000"
+    # Webhooks: test receivers listen on loopback, and retries must fit in a test's time.
+    os.environ["PIXELMILL_WEBHOOK_ALLOW_PRIVATE"] = "1"
+    os.environ["PIXELMILL_WEBHOOK_TIMEOUT_S"] = "2"
+    os.environ["PIXELMILL_WEBHOOK_MAX_ATTEMPTS"] = "4"
+    os.environ["PIXELMILL_WEBHOOK_BACKOFF_BASE_S"] = "0.2"
+    os.environ["PIXELMILL_WEBHOOK_BACKOFF_MAX_S"] = "1"
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ.pop("PIXELMILL_CONFIG", None)
@@ -63,35 +73,41 @@ def tiny_model() -> Path:
 
 
 def start_worker(*, queues: str = "cpu,gpu,io", concurrency: int = 2, name: str = "test",
-                 extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+                 extra_env: dict[str, str] | None = None, pool: str = "prefork") -> subprocess.Popen:
     log = open(SESSION_DIR / f"worker-{name}-{time.monotonic_ns()}.log", "wb")
     argv = [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker", "--queues", queues,
-            "--concurrency", str(concurrency), "--pool", "prefork", "--hostname", f"{name}-{os.getpid()}@%h",
+            "--concurrency", str(concurrency), "--pool", pool, "--hostname", f"{name}-{os.getpid()}@%h",
             "--loglevel", "INFO", "--without-gossip", "--without-mingle"]
     return subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(extra_env or {})}, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def wait_worker_ready(proc: subprocess.Popen, *, timeout_s: float = 60) -> None:
+def wait_worker_ready(proc: subprocess.Popen, *, timeout_s: float = 60, name: str | None = None) -> None:
+    """Until a worker answers a ping (the one started with ``name``, when given)."""
     from tasks.celery_app import app
 
+    destination = [f"{name}-{os.getpid()}@{socket.gethostname()}"] if name else None
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited with {proc.returncode}; see logs in {SESSION_DIR}")
-        if app.control.ping(timeout=0.5):
+        if app.control.ping(timeout=0.5, destination=destination):
             return
     raise RuntimeError(f"worker not ready after {timeout_s} s; see logs in {SESSION_DIR}")
 
 
 @pytest.fixture(scope="session")
 def workers(redis_server: RedisServer, tiny_model: Path) -> Iterator[subprocess.Popen]:
-    """One real Celery worker (prefork, 2 processes) serving every queue, as `make run`'s dev stack does."""
-    proc = start_worker(extra_env={"PIXELMILL_PRELOAD_MODELS": "1"})
+    """Real Celery workers as `make run` starts them: prefork (2 processes) for the cpu and gpu
+    queues, and a threads worker for io (webhook delivery), so a slow receiver never holds a stage."""
+    proc = start_worker(queues="cpu,gpu", extra_env={"PIXELMILL_PRELOAD_MODELS": "1"})
+    io_worker = start_worker(queues="io", concurrency=8, pool="threads", name="io")
     try:
-        wait_worker_ready(proc)
+        wait_worker_ready(proc, name="test")
+        wait_worker_ready(io_worker, name="io")
         yield proc
     finally:
+        stop_worker(io_worker)
         stop_worker(proc)
 
 

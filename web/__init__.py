@@ -7,7 +7,7 @@ import logging
 from flask import Flask
 
 from tasks.settings import Settings, get_settings
-from web import api, auth, errors, keys, ops, ui
+from web import api, auth, cache_api, errors, keys, ops, ui, webhook_pages, webhooks
 from web.extensions import pixelmill
 
 
@@ -21,7 +21,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.init_app(app, settings)
     app.register_blueprint(ui.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(cache_api.bp)
     app.register_blueprint(ops.bp)
     app.register_blueprint(keys.bp)
+    app.register_blueprint(webhooks.bp)
+    app.register_blueprint(webhook_pages.bp)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return app

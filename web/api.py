@@ -5,11 +5,13 @@ from __future__ import annotations
 from flask import Blueprint, jsonify, request, send_file, url_for
 
 from tasks.errors import PixelmillError
+from tasks.events import EVENT_TYPES, JOB_EVENTS
 from tasks.jobs import JobStatus
 from tasks.present import batch_payload, job_payload
 from tasks.submit import submit_batch, submit_job
 from web.extensions import base_url, current_tenant, fetch_batch, fetch_job, pixelmill
 from web.forms import read_deadline, read_params, read_uploads
+from web.webhooks import webhook_info, webhook_subscription
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -34,9 +36,14 @@ def create_job():
     rt = pixelmill.runtime
     params = read_params(request, strict=True)
     (upload,) = read_uploads(request, field="image", max_files=1)
-    job = submit_job(rt, tenant=current_tenant(), upload=upload, params=params,
-                     deadline_s=read_deadline(request, default=None))
-    response = jsonify(job_payload(job, base_url=base_url()))
+    with webhook_subscription(request, default_events=JOB_EVENTS) as webhook:
+        job = submit_job(rt, tenant=current_tenant(), upload=upload, params=params,
+                         deadline_s=read_deadline(request, default=None),
+                         webhook=webhook.subscription if webhook else None)
+    payload = job_payload(job, base_url=base_url())
+    if webhook:
+        payload["webhook"] = webhook.public()  # the secret only when this submission created the endpoint
+    response = jsonify(payload)
     response.status_code = 202
     response.headers["Location"] = url_for("api.show_job", job_id=job.id)
     return response
@@ -53,7 +60,7 @@ def list_jobs():
 def show_job(job_id: str):
     job = fetch_job(job_id)
     progress = pixelmill.runtime.store.fetch_progress(job_id)
-    return jsonify(job_payload(job, progress=progress, base_url=base_url()))
+    return jsonify({**job_payload(job, progress=progress, base_url=base_url()), **webhook_info(job.id)})
 
 
 @bp.post("/jobs/<job_id>/cancel")
@@ -87,9 +94,14 @@ def create_batch():
     rt = pixelmill.runtime
     params = read_params(request, strict=True)
     uploads = read_uploads(request, field="images", max_files=rt.settings.max_batch_files)
-    batch, jobs = submit_batch(rt, tenant=current_tenant(), uploads=uploads, params=params,
-                                deadline_s=read_deadline(request, default=None))
-    response = jsonify(batch_payload(batch, jobs, base_url=base_url()))
+    with webhook_subscription(request, default_events=EVENT_TYPES) as webhook:
+        batch, jobs = submit_batch(rt, tenant=current_tenant(), uploads=uploads, params=params,
+                                   deadline_s=read_deadline(request, default=None),
+                                   webhook=webhook.subscription if webhook else None)
+    payload = batch_payload(batch, jobs, base_url=base_url())
+    if webhook:
+        payload["webhook"] = webhook.public()
+    response = jsonify(payload)
     response.status_code = 202
     response.headers["Location"] = url_for("api.show_batch", batch_id=batch.id)
     return response
@@ -98,7 +110,7 @@ def create_batch():
 @bp.get("/batches/<batch_id>")
 def show_batch(batch_id: str):
     batch, jobs = fetch_batch(batch_id)
-    return jsonify(batch_payload(batch, jobs, base_url=base_url()))
+    return jsonify({**batch_payload(batch, jobs, base_url=base_url()), **webhook_info(batch.id)})
 
 
 def _send_blob(ref: str, *, download_name: str):

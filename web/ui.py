@@ -9,6 +9,8 @@ from tasks.present import batch_payload, job_payload
 from tasks.submit import submit_batch, submit_job
 from web.extensions import base_url, current_tenant, fetch_batch, fetch_job, pixelmill
 from web.forms import read_deadline, read_params, read_uploads
+from tasks.events import EVENT_TYPES, JOB_EVENTS
+from web.webhooks import webhook_info, webhook_subscription
 from workers.styles import STYLES
 
 bp = Blueprint("ui", __name__)
@@ -24,6 +26,7 @@ def index():
         defaults=JobParams(),
         diffusion_enabled=bool(rt.settings.diffusion_model),
         recent=[job_payload(job) for job in recent],
+        webhook_events=EVENT_TYPES,
     )
 
 
@@ -32,20 +35,29 @@ def submit():
     rt = pixelmill.runtime
     params = read_params(request, strict=False)
     uploads = read_uploads(request, field="images", max_files=rt.settings.max_batch_files)
-    if len(uploads) == 1:
-        job = submit_job(rt, tenant=current_tenant(), upload=uploads[0], params=params,
-                         deadline_s=read_deadline(request, default=None))
-        return redirect(url_for("ui.show_job", job_id=job.id), code=303)
-    batch, _ = submit_batch(rt, tenant=current_tenant(), uploads=uploads, params=params,
-                                deadline_s=read_deadline(request, default=None))
-    return redirect(url_for("ui.show_batch", batch_id=batch.id), code=303)
+    single = len(uploads) == 1
+    with webhook_subscription(request, default_events=JOB_EVENTS if single else EVENT_TYPES) as webhook:
+        subscription = webhook.subscription if webhook else None
+        if single:
+            job = submit_job(rt, tenant=current_tenant(), upload=uploads[0], params=params,
+                             deadline_s=read_deadline(request, default=None), webhook=subscription)
+            target = url_for("ui.show_job", job_id=job.id)
+        else:
+            batch, _ = submit_batch(rt, tenant=current_tenant(), uploads=uploads, params=params,
+                                    deadline_s=read_deadline(request, default=None), webhook=subscription)
+            target = url_for("ui.show_batch", batch_id=batch.id)
+    if webhook and webhook.secret:  # a new endpoint: its secret is shown this once, then on to the job
+        return render_template("webhook_secret.html", endpoint=webhook.endpoint.public(), secret=webhook.secret,
+                               rotated=False, next_url=target)
+    return redirect(target, code=303)
 
 
 @bp.get("/jobs/<job_id>")
 def show_job(job_id: str):
     job = fetch_job(job_id)
     progress = pixelmill.runtime.store.fetch_progress(job_id)
-    return render_template("job.html", job=job_payload(job, progress=progress, base_url=base_url()))
+    return render_template("job.html", job=job_payload(job, progress=progress, base_url=base_url()),
+                           deliveries=webhook_info(job.id)["deliveries"])
 
 
 @bp.post("/jobs/<job_id>/cancel")

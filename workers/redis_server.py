@@ -34,11 +34,17 @@ def free_port() -> int:
 
 @dataclass
 class RedisServer:
-    """A redis-server child process. Broker keys must never be evicted: ``noeviction``."""
+    """A redis-server child process. Broker keys must never be evicted: ``noeviction``.
+
+    A separate latent-cache instance is the one place for ``allkeys-lru`` with a ``maxmemory``
+    (docs/cache.md).
+    """
 
     data_dir: Path
     port: int = field(default_factory=free_port)
     appendonly: bool = True
+    maxmemory_policy: str = "noeviction"
+    maxmemory: str | None = None
     process: subprocess.Popen | None = None
 
     @property
@@ -54,7 +60,8 @@ class RedisServer:
             "--save", "",
             "--appendonly", "yes" if self.appendonly else "no",
             "--appendfsync", "everysec",
-            "--maxmemory-policy", "noeviction",
+            "--maxmemory-policy", self.maxmemory_policy,
+            *(["--maxmemory", self.maxmemory] if self.maxmemory else []),
             "--logfile", "redis.log",
         ]
 

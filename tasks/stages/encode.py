@@ -1,16 +1,17 @@
-"""encode: normalise the image for its engine; for diffusion, VAE-encode it into the latent
-store unless the latent is already there."""
+"""encode: normalise the image for its engine; for diffusion, find its latent in the cache (the
+same picture, or a near-duplicate of it, encoded before) or VAE-encode it once and store it."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
-from cache.keys import latent_key, pixels_digest
+from tasks.caching import cache_scope, encoder_spec, expected_latent_bytes
 from tasks.celery_app import app
 from tasks.jobs import Job
 from tasks.runtime import Runtime
 from tasks.stages.base import StageResult, load_image, run_stage, save_image
-from workers.diffusion import normalise_for_diffusion
+from workers.diffusion import DiffusionEngine, normalise_for_diffusion
 from workers.imaging import fit_within
 
 
@@ -26,24 +27,21 @@ def _encode(job: Job, rt: Runtime) -> StageResult:
         return StageResult(outputs={"normalized": save_image(rt, fit_within(image, params.size))})
 
     loaded = rt.diffusion()
-    normalised = normalise_for_diffusion(image, size=params.size, multiple=loaded.engine.vae_scale_factor)
-    key = diffusion_latent_key(job, rt, normalised)
-    outputs = {"normalized": save_image(rt, normalised), "latent": key}
-    if rt.latents.exists(key):
-        return StageResult(outputs=outputs, cached=True)
-    with torch.inference_mode():
-        latent = loaded.engine.encode(normalised)
-    rt.latents.save(key, latent.numpy())
-    return StageResult(outputs=outputs)
-
-
-def diffusion_latent_key(job: Job, rt: Runtime, normalised) -> str:
-    loaded = rt.diffusion()
-    return latent_key(
-        pixels=pixels_digest(normalised),
-        model=loaded.engine.model,
-        revision=loaded.engine.revision,
-        size=normalised.shape[:2],
-        dtype=loaded.dtype_name,
-        scope=f"tenant:{job.tenant}",
+    engine = loaded.engine
+    normalised = normalise_for_diffusion(image, size=params.size, multiple=engine.vae_scale_factor)
+    outputs = {"normalized": save_image(rt, normalised)}
+    outcome = rt.cache.fetch_or_compute(
+        normalised,
+        spec=encoder_spec(params, loaded),
+        scope=cache_scope(rt, job),
+        compute=lambda: _vae_encode(engine, normalised),
+        device=loaded.device,
+        expected_bytes=expected_latent_bytes(normalised.shape, factor=engine.vae_scale_factor),
     )
+    outputs["latent"] = outcome.ref
+    return StageResult(outputs=outputs, cached=outcome.cached, cache=outcome.describe())
+
+
+def _vae_encode(engine: DiffusionEngine, normalised: np.ndarray) -> torch.Tensor:
+    with torch.inference_mode():
+        return engine.encode(normalised)

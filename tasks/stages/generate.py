@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from tasks.caching import cache_scope, generation_key
 from tasks.celery_app import app
 from tasks.jobs import Job
 from tasks.runtime import Runtime
@@ -28,21 +29,27 @@ def _generate(job: Job, rt: Runtime) -> StageResult:
         styled = apply_style(image, params.style, strength=params.style_strength)
         return StageResult(outputs={"generated": save_image(rt, styled)})
 
-    engine = rt.diffusion().engine
-    latent = rt.latents.fetch(job.outputs["latent"])
+    loaded = rt.diffusion()
+    engine = loaded.engine
+    scope = cache_scope(rt, job)
+    wanted = GenerateParams(prompt=params.prompt, negative_prompt=params.negative_prompt, strength=params.strength,
+                            steps=params.steps, guidance=params.guidance, seed=params.seed or 0)
+    key = generation_key(job, loaded, wanted)
+    if key is not None:  # an identical request was answered before: serve that result, run nothing
+        stored = rt.cache.fetch_result(key, scope_token=scope.token, is_usable=lambda s: rt.blobs.exists(s.generated))
+        if stored is not None:
+            return StageResult(outputs={"generated": stored.generated}, cached=True,
+                               cache={"tier": "results", "match": "exact"})
+
+    latents, tier = rt.cache.fetch_latent(job.outputs["latent"], scope_token=scope.token, device=loaded.device)
     with torch.inference_mode():
-        if latent is None:  # evicted or Redis was unavailable: recompute rather than fail
+        if latents is None:  # evicted, cleared or Redis was unavailable: recompute rather than fail
             latents = engine.encode(load_image(rt, job.outputs["normalized"]))
-        else:
-            latents = torch.from_numpy(latent)
-        image = engine.generate(
-            latents,
-            GenerateParams(prompt=params.prompt, negative_prompt=params.negative_prompt,
-                           strength=params.strength, steps=params.steps,
-                           guidance=params.guidance, seed=params.seed or 0),
-            on_step=_progress_reporter(job, rt),
-        )
-    return StageResult(outputs={"generated": save_image(rt, image)})
+        image = engine.generate(latents, wanted, on_step=_progress_reporter(job, rt))
+    generated = save_image(rt, image)
+    if key is not None:
+        rt.cache.save_result(key, scope_token=scope.token, generated=generated, job_id=job.id)
+    return StageResult(outputs={"generated": generated}, cache={"latent_tier": tier or "recomputed"})
 
 
 def _progress_reporter(job: Job, rt: Runtime):

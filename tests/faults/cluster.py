@@ -42,6 +42,10 @@ class Cluster:
             "PIXELMILL_TASK_TIME_LIMIT": "30",
             "PIXELMILL_VISIBILITY_TIMEOUT": "35",
             "PIXELMILL_UNACKED_RESTORE_INTERVAL_S": "2",
+            "PIXELMILL_PRELOAD_MODELS": "1",  # as gpu workers do: load before taking work
+            "PIXELMILL_WEBHOOK_ALLOW_PRIVATE": "1",  # the event receiver below is on loopback
+            "PIXELMILL_WEBHOOK_BACKOFF_BASE_S": "0.5",
+            "PIXELMILL_WEBHOOK_BACKOFF_MAX_S": "2",
             "HF_HUB_OFFLINE": "1",
         })
         if broker == "rabbitmq":
@@ -53,6 +57,12 @@ class Cluster:
         self.env = env
         self.processes: list[subprocess.Popen] = []
         self.base_url: str | None = None
+        self.receiver: EventReceiver | None = None
+
+    def listen_for_events(self) -> "EventReceiver":
+        """A webhook receiver on loopback; jobs submitted from now on report job.completed to it."""
+        self.receiver = EventReceiver()
+        return self.receiver
 
     # --- processes ------------------------------------------------------------------------
     def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
@@ -62,14 +72,19 @@ class Cluster:
         self.processes.append(proc)
         return proc
 
-    def start_worker(self, *, name: str = "w", queues: str = "cpu,gpu,io", concurrency: int = 1) -> subprocess.Popen:
+    def start_worker(self, *, name: str = "w", queues: str = "cpu,gpu", concurrency: int = 1,
+                     pool: str = "prefork") -> subprocess.Popen:
         proc = self.spawn(f"worker-{name}", [
             sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker", "--queues", queues,
-            "--concurrency", str(concurrency), "--pool", "prefork", "--loglevel", "INFO",
+            "--concurrency", str(concurrency), "--pool", pool, "--loglevel", "INFO",
             "--hostname", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle",
         ])
         self.wait_log(proc, "ready.", timeout_s=60)
         return proc
+
+    def start_io_worker(self) -> subprocess.Popen:
+        """Webhook deliveries run here, as in `make run`: never on a stage worker."""
+        return self.start_worker(name="io", queues="io", concurrency=4, pool="threads")
 
     def start_web(self) -> str:
         port = free_port()
@@ -102,6 +117,11 @@ class Cluster:
         return next(self.root.glob(f"*-{index}.log"))
 
     @staticmethod
+    def warm_stop(proc: subprocess.Popen) -> None:
+        """SIGTERM to the worker's main process only, as a process manager sends it."""
+        proc.send_signal(signal.SIGTERM)
+
+    @staticmethod
     def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group (a prefork worker's pool children too)."""
         try:
@@ -127,6 +147,8 @@ class Cluster:
                 self.kill(proc)
                 proc.wait()
         self.redis.stop()
+        if self.receiver:
+            self.receiver.close()
         if self.vhost:
             _rabbitmqctl("delete_vhost", self.vhost)
 
@@ -134,8 +156,11 @@ class Cluster:
     def submit(self, image: bytes, **params) -> dict:
         import json
 
+        data = {"params": json.dumps(params)}
+        if self.receiver:
+            data.update(webhook_url=self.receiver.url, webhook_events="job.completed")
         response = requests.post(f"{self.base_url}/api/v1/jobs", files={"image": ("p.png", image)},
-                                 data={"params": json.dumps(params)}, timeout=30)
+                                 data=data, timeout=30)
         assert response.status_code == 202, response.text
         return response.json()
 
@@ -165,3 +190,41 @@ class Cluster:
 
 def _rabbitmqctl(*args: str) -> None:
     subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+
+class EventReceiver:
+    """Counts distinct job.completed events (by webhook-id) per job, as a deduping receiver would."""
+
+    def __init__(self) -> None:
+        import json
+        import threading
+        from collections import defaultdict
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.completed: dict[str, set[str]] = defaultdict(set)
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                if body["type"] == "job.completed":
+                    receiver.completed[body["data"]["id"]].add(self.headers["webhook-id"])
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_completed(self, job_ids: list[str], *, timeout_s: float = 60) -> dict[str, int]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not all(self.completed.get(i) for i in job_ids):
+            time.sleep(0.2)
+        time.sleep(1)  # let any duplicate arrive too
+        return {i: len(self.completed.get(i, ())) for i in job_ids}
+
+    def close(self) -> None:
+        self.server.shutdown()

@@ -13,8 +13,13 @@
       li.className = 'stage state-' + stage.state;
       const parts = [];
       if (stage.seconds !== null) parts.push(stage.seconds.toFixed(2) + ' s');
-      if (stage.cached) parts.push('cached');
       li.querySelector('.detail').textContent = parts.join(' · ');
+      const badge = li.querySelector('.cache-badge');
+      if (badge) {
+        badge.hidden = !stage.cache_label;
+        badge.textContent = stage.cache_label || '';
+        badge.className = 'cache-badge' + (stage.cached ? ' served' : '');
+      }
     }
     const progress = $('progress');
     if (job.progress && job.progress.steps) {
@@ -38,7 +43,35 @@
     $('waiting').hidden = TERMINAL.includes(job.status);
     const cancel = $('cancel-form');
     if (cancel) cancel.hidden = TERMINAL.includes(job.status);
+    renderDeliveries(job.deliveries || []);
   }
+
+  // Webhook deliveries: refreshed while the job runs and while any is still pending.
+  function renderDeliveries(deliveries) {
+    const body = $('deliveries-body');
+    if (!body || !deliveries.length) return;
+    $('deliveries').hidden = false;
+    const known = new Set();
+    for (const d of deliveries) {
+      known.add(d.id);
+      let row = body.querySelector(`tr[data-delivery="${d.id}"]`);
+      if (!row) {
+        row = document.createElement('tr');
+        row.dataset.delivery = d.id;
+        for (let i = 0; i < 8; i++) row.appendChild(document.createElement('td'));
+        body.appendChild(row);
+      }
+      const cells = row.children;
+      const cellText = [d.event, d.url, d.status, String(d.attempts), d.last_status_code ? String(d.last_status_code) : '—',
+        d.last_latency_ms !== null ? Math.round(d.last_latency_ms) + ' ms' : '', d.last_error || ''];
+      cellText.forEach((text, i) => { if (i !== 1) cells[i].textContent = text; });
+      if (!cells[1].querySelector('code')) cells[1].appendChild(document.createElement('code'));
+      cells[1].querySelector('code').textContent = d.url;
+      cells[2].className = 'delivery-' + d.status;
+    }
+  }
+  const hasPending = (job) => (job.deliveries || []).some(d => d.status === 'pending');
+  let settledPolls = 0;
 
   async function poll() {
     try {
@@ -46,10 +79,11 @@
       if (response.ok) {
         const job = await response.json();
         render(job);
-        if (TERMINAL.includes(job.status)) return;
+        // after the end, keep watching a little: the final event's delivery follows the job's end
+        if (TERMINAL.includes(job.status) && !hasPending(job) && ++settledPolls > 5) return;
       }
     } catch (e) { /* server restarting: keep trying */ }
     setTimeout(poll, 700);
   }
-  if (!TERMINAL.includes(root.dataset.status)) poll();
+  if (!TERMINAL.includes(root.dataset.status) || document.querySelector('#deliveries-body .delivery-pending')) poll();
 })();

@@ -1,0 +1,108 @@
+"""Job events and their durable outbox.
+
+A state change that callers may want to hear about (a job started, ended; a batch finished)
+becomes a ``JobEvent`` written to the outbox list *in the same Redis transaction* as the
+state change itself (see ``tasks.store.JobStore._update``), so an event can never be lost
+between "the job changed" and "someone was told". The webhook dispatcher on the io queue
+drains the outbox (``tasks.webhooks.dispatch``).
+
+``batch.completed`` is decided inside that same transaction: each job that reaches a
+terminal state adds itself to its batch's done-set, and the one whose addition makes the
+set complete pushes the batch event — exactly once, however jobs race.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+
+from tasks.jobs import STAGE_STATUS, Job, JobStatus
+
+PREFIX = "pixelmill"
+
+JOB_EVENTS = ("job.started", "job.completed", "job.failed", "job.blocked", "job.canceled")
+EVENT_TYPES = (*JOB_EVENTS, "batch.completed")
+
+_TERMINAL_EVENT = {
+    JobStatus.SUCCEEDED: "job.completed",
+    JobStatus.FAILED: "job.failed",
+    JobStatus.BLOCKED: "job.blocked",
+    JobStatus.CANCELED: "job.canceled",
+}
+
+# KEYS: batch done-set, outbox. ARGV: job id, batch size, batch event JSON, ttl seconds.
+_BATCH_DONE = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
+  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
+  if redis.call('SCARD', KEYS[1]) == tonumber(ARGV[2]) then
+    redis.call('RPUSH', KEYS[2], ARGV[3])
+    return 1
+  end
+end
+return 0
+"""
+
+
+def key_for(kind: str, *parts: str) -> str:
+    """Every Redis key of the event outbox: ``pixelmill:events:<kind>:<parts…>``."""
+    return ":".join((PREFIX, "events", kind, *parts))
+
+
+OUTBOX = key_for("outbox")
+PROCESSING = key_for("processing")
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    id: str  # stable: becomes the webhook-id every delivery of this event carries
+    type: str
+    tenant: str
+    subject: str  # the job id, or the batch id for batch.completed
+    at: float
+    job_id: str | None = None
+    batch_id: str | None = None
+    snapshot: dict[str, Any] | None = None  # the job as it was at this moment (job events)
+
+    @classmethod
+    def create(cls, *, type: str, tenant: str, subject: str, job_id: str | None = None,
+               batch_id: str | None = None, snapshot: dict[str, Any] | None = None) -> "JobEvent":
+        if type not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type!r}")
+        return cls(id=f"msg_{uuid.uuid4().hex}", type=type, tenant=tenant, subject=subject, at=time.time(),
+                   job_id=job_id, batch_id=batch_id, snapshot=snapshot)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> "JobEvent":
+        return cls(**json.loads(raw))
+
+
+def job_events(before: JobStatus, job: Job) -> list[JobEvent]:
+    """The events a move from ``before`` to ``job.status`` emits (job.started once: on leaving queued)."""
+    types = []
+    if before is JobStatus.QUEUED and job.status in STAGE_STATUS.values():
+        types.append("job.started")
+    if not before.is_terminal() and job.status.is_terminal():
+        types.append(_TERMINAL_EVENT[job.status])
+    snapshot = job.to_dict() if types else None
+    return [JobEvent.create(type=t, tenant=job.tenant, subject=job.id, job_id=job.id, batch_id=job.batch_id,
+                            snapshot=snapshot) for t in types]
+
+
+def stage_events(pipe: redis.client.Pipeline, job: Job, events: list[JobEvent], *, batch_size: int,
+                 ttl_s: int) -> None:
+    """Queue the outbox writes for ``events`` on a pipeline already in MULTI mode."""
+    for event in events:
+        pipe.rpush(OUTBOX, event.to_json())
+    if job.batch_id and batch_size and job.status.is_terminal() and events:
+        batch_event = JobEvent.create(type="batch.completed", tenant=job.tenant, subject=job.batch_id,
+                                      batch_id=job.batch_id)
+        pipe.eval(_BATCH_DONE, 2, key_for("batch-done", job.batch_id), OUTBOX,
+                  job.id, batch_size, batch_event.to_json(), ttl_s)
