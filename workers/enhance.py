@@ -56,7 +56,7 @@ def enhance(
     factor = int(options.upscale)
     out_w, out_h = width * factor, height * factor
     _check_output_size(out_w, out_h, max_output_pixels=max_output_pixels)
-    result = np.ascontiguousarray(image).copy()
+    result = image.copy()
     if options.local_contrast:
         result = _local_contrast(result)
     if factor != 1:

@@ -16,6 +16,7 @@ from workers.errors import EngineError
 _REFERENCE_SIDE = 512  # kernel sizes below are tuned for a ~512 px image
 _WORK_SIDE = 768  # longest side at which the slow smoothing filters run
 _SEED = 20240601  # fixed seed for paper grain and pigment bleed
+_GRAPHITE = 35.0  # darkest pencil tone
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def _sketch(image: np.ndarray) -> np.ndarray:
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
     blurred = _wide_blur(255.0 - gray, max(1.0, 8.0 * _scale(image)))
     dodge = np.minimum(1.0, gray / np.maximum(255.0 - blurred, 1.0))
-    shaded = 255.0 * dodge**1.6  # firmer pencil strokes
+    shaded = _GRAPHITE + (255.0 - _GRAPHITE) * dodge**1.6  # firmer strokes, graphite not ink
     paper = _paper(gray.shape, amplitude=0.025, grain=0.8)
     return cv2.cvtColor(np.clip(shaded * paper, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2RGB)
 
