@@ -20,10 +20,16 @@ from cache.backend import Backend, key_for as cache_key
 log = logging.getLogger(__name__)
 
 LEGACY_PREFIX = "pixelmill:latent"
+UNCACHED = "uncached-"  # the key of a reference no lookup computes (cache.service)
 
 
 def make_ref(scope_token: str, key: str) -> str:
     return f"{scope_token}:{key}"
+
+
+def is_shareable(ref: str) -> bool:
+    """False for a latent kept only in one worker (not cached: too large, or Redis was down)."""
+    return not ref.rpartition(":")[2].startswith(UNCACHED)
 
 
 def key_for(ref: str) -> str:
@@ -51,7 +57,7 @@ class LatentStore:
         self.max_bytes = max_bytes
 
     @property
-    def redis(self) -> redis.Redis:
+    def client(self) -> redis.Redis:
         return self.backend.client
 
     def save(self, ref: str, latent: Any) -> bool:

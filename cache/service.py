@@ -22,7 +22,7 @@ from cache.fingerprint import Fingerprint, Tolerance, fingerprint
 from cache.hot import HotTier, nbytes
 from cache.index import NearDuplicateIndex
 from cache.keys import EncoderSpec, latent_key_for, signature
-from cache.latents import LatentStore, encode_latent, make_ref
+from cache.latents import UNCACHED, LatentStore, encode_latent, make_ref
 from cache.results import ResultStore, StoredResult
 from cache.scopes import Scope
 from cache.singleflight import SingleFlight
@@ -156,10 +156,10 @@ class LatentCache:
                 return hit("hot", ref=near_ref, match="near", distance=match.similarity.distance)
             if self.latents.exists(near_ref):
                 return hit("redis", ref=near_ref, match="near", distance=match.similarity.distance)
-        events.extend([Event(stage, "redis", "misses"), Event(stage, "lookup", "misses")])
+        events.append(Event(stage, "redis", "misses"))
 
         if expected_bytes is not None and expected_bytes > self.config.max_entry_bytes:
-            events.append(Event(stage, "redis", "too_large"))
+            events.extend([Event(stage, "redis", "too_large"), Event(stage, "lookup", "misses")])
             return self._uncached(ref, compute(), device=device,
                                   note=f"not cached: about {expected_bytes} bytes, over the "
                                        f"{self.config.max_entry_bytes}-byte limit")
@@ -175,12 +175,13 @@ class LatentCache:
             self.hot.put(ref, _on(latent, device))
             return latent, stored
 
-        flight = self.flight.run(key_for(scope.token, "lock", ref.rpartition(":")[2]),
+        flight = self.flight.run(self.lock_key(ref),
                                  compute=compute_and_store, ready=lambda: self.latents.exists(ref))
-        if not flight.computed:  # another worker computed it while we waited
-            events.append(Event(stage, "redis", "waited"))
+        if not flight.computed:  # another worker computed it while we waited: the stage skipped its encode
+            events.extend([Event(stage, "redis", "waited"), Event(stage, "lookup", "hits")])
             return Outcome(ref=ref, cached=True, tier="redis", match="exact", waited_s=flight.waited_s)
         latent, stored = flight.value
+        events.append(Event(stage, "lookup", "misses"))
         if stored < 0:
             events.append(Event(stage, "redis", "too_large"))
             return self._uncached(ref, latent, device=device, note=f"not cached: {-stored} bytes, over the "
@@ -194,9 +195,21 @@ class LatentCache:
         """A latent that is not cached: kept in this worker's hot tier under a reference no lookup
         computes, so that this job's generate (if it runs here) need not encode again."""
         token, _, key = ref.rpartition(":")
-        private = make_ref(token, f"uncached-{secrets.token_hex(4)}-{key}")
+        private = make_ref(token, f"{UNCACHED}{secrets.token_hex(4)}-{key}")
         self.hot.put(private, _on(latent, device))
         return Outcome(ref=private, cached=False, note=note, latent=latent)
+
+    def ref_for(self, image: np.ndarray, *, spec: EncoderSpec, scope: Scope) -> str | None:
+        """The exact reference a lookup of ``image`` computes now; None when Redis is down."""
+        generation = self.generation(scope)
+        return None if generation is None else self._ref(fingerprint(image), spec=spec, scope=scope,
+                                                         generation=generation)
+
+    @staticmethod
+    def lock_key(ref: str) -> str:
+        """The single-flight lock of a reference."""
+        token, _, key = ref.rpartition(":")
+        return key_for(token, "lock", key)
 
     def _ref(self, fp: Fingerprint, *, spec: EncoderSpec, scope: Scope, generation: str) -> str:
         key = latent_key_for(spec, pixels=fp.digest, shape=fp.shape, scope=f"{scope.name}@{generation}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from cache.keys import EncoderSpec, result_key
+from cache.latents import is_shareable
 from cache.scopes import Scope, scope_for
 from tasks.jobs import Job, JobParams
 from tasks.runtime import Runtime
@@ -32,7 +33,10 @@ def expected_latent_bytes(shape: tuple[int, ...], *, factor: int) -> int:
 
 
 def generation_key(job: Job, loaded: LoadedDiffusion, generate: GenerateParams) -> str | None:
-    """The whole-result key of a diffusion job; None when its seed is unknown (never cached)."""
+    """The whole-result key of a diffusion job; None when its seed is unknown or its latent is not
+    in the cache (then no later request could find the result either)."""
+    if not is_shareable(job.outputs["latent"]):
+        return None
     params = asdict(generate) | {"seed": job.job_params.seed}
     return result_key(latent_ref=job.outputs["latent"], model=loaded.engine.model, revision=loaded.engine.revision,
                       dtype=loaded.dtype_name, params=params)

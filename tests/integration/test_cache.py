@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,6 +24,9 @@ import redis
 from PIL import Image
 
 from cache.fingerprint import fingerprint, hamming
+from cache.keys import EncoderSpec
+from cache.scopes import scope_for
+from tasks.caching import CROP, ROTATION
 from tasks.jobs import JobParams
 from tasks.present import job_payload
 from tasks.settings import Settings
@@ -265,18 +269,42 @@ def test_hot_tier_in_the_worker_then_redis_and_every_key_has_a_ttl(stack: Stack)
 # --- 5. single-flight -----------------------------------------------------------------------------
 
 def test_two_workers_missing_on_the_same_photo_encode_it_once(stack: Stack) -> None:
-    data = _png(photo("rocket"))
+    """Both workers miss at once: one encodes, the other waits for it and reuses its latent.
+
+    To make "at once" certain rather than likely (a tiny-model encode takes ~0.2 s), the test
+    itself holds the single-flight lock while both jobs reach it, then lets go without storing
+    anything — as a worker that died would: one worker takes over, the other waits for that one.
+    """
+    image = photo("rocket")
+    scope = scope_for(tenant=stack.rt.settings.default_tenant, mode="tenant")
+    spec = EncoderSpec(model=os.environ["PIXELMILL_DIFFUSION_MODEL"], revision=None, dtype="fp32", size=512,
+                       crop=CROP, rotation=ROTATION)
+    lock = stack.rt.cache.lock_key(stack.rt.cache.ref_for(normalise_for_diffusion(image, size=512), spec=spec,
+                                                          scope=scope))
+    cache = redis.Redis.from_url(stack.cache_redis.url)
+    assert cache.set(lock, "held by the test", px=30_000, nx=True)
+    data = _png(image)
     files = [(io.BytesIO(data), "rocket-1.png"), (io.BytesIO(data), "rocket-2.png")]
     response = stack.client.post("/api/v1/batches", data={"images": files, "params": json.dumps(FAST | {"size": 512})},
                                  content_type="multipart/form-data")
     assert response.status_code == 202, response.get_json()
-    jobs = [_wait(stack, job["id"]) for job in response.get_json()["jobs"]]
+    ids = [job["id"] for job in response.get_json()["jobs"]]
+    deadline = time.monotonic() + 30
+    while not all(stack.rt.store.fetch(i).stages["encode"].started_at for i in ids):
+        assert time.monotonic() < deadline, "both encodes should have started"
+        time.sleep(0.05)
+    time.sleep(0.5)  # both are past their lookups now, waiting on the lock
+    assert all(stack.rt.store.fetch(i).stages["encode"].done is False for i in ids)
+    cache.delete(lock)
+
+    jobs = [_wait(stack, i) for i in ids]
     encodes = [job["stages"]["encode"] for job in jobs]
     assert {e["worker"] for e in encodes} == {_hostname(name) for name in WORKERS}  # one on each worker
     assert sorted(e["cached"] for e in encodes) == [False, True]  # the VAE ran once
     waiter = next(e for e in encodes if e["cached"])
     assert waiter["cache"]["waited_s"] > 0 and waiter["cache"]["tier"] == "redis"
     assert "waited for another worker" in waiter["cache_label"]
+    assert len({stack.rt.store.fetch(i).outputs["latent"] for i in ids}) == 1
 
 
 # --- 6. whole-result reuse ------------------------------------------------------------------------
