@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-unit test-integration test-e2e tiny-model bench-cache clean
+.PHONY: install run test test-unit test-integration test-e2e test-faults tiny-model bench bench-pipeline bench-cache clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ install: $(STAMP)
 run: install  ## start Redis (unless PIXELMILL_REDIS_URL is set), workers and the web server
 	$(BIN)/pixelmill up
 
-test: install  ## unit, integration (private Redis, real workers) and end-to-end tests
+test: install  ## unit, integration (private Redis, real workers), end-to-end and fault-injection tests
 	$(BIN)/python -m pytest
 
 test-unit: install
@@ -31,6 +31,14 @@ test-integration: install
 
 test-e2e: install
 	$(BIN)/python -m pytest tests/e2e
+
+test-faults: install  ## fault injection only: killed workers, Redis restart, cancel, reaper (Redis and RabbitMQ brokers)
+	$(BIN)/python -m pytest -m faults tests/faults
+
+bench: bench-pipeline bench-cache
+
+bench-pipeline: install  ## style jobs through pixelmill vs the same engines in one process
+	$(BIN)/python bench/pipeline_overhead.py
 
 bench-cache: install  ## latent cache: miss vs hit with the SD 1.5-size VAE, key and lookup times, hit ratio; writes docs/benchmarks.md
 	$(BIN)/python bench/cache_bench.py

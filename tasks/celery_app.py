@@ -29,7 +29,7 @@ def celery_config(settings: Settings) -> dict:
             "socket_keepalive": True,
         },
         "broker_connection_retry_on_startup": True,
-        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": settings.cancel_tasks_on_connection_loss,
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,

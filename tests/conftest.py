@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from workers.redis_server import RedisServer, free_port
+from workers.stack import IO_WORKER_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="pixelmill-tests-"))
@@ -101,7 +102,8 @@ def workers(redis_server: RedisServer, tiny_model: Path) -> Iterator[subprocess.
     """Real Celery workers as `make run` starts them: prefork (2 processes) for the cpu and gpu
     queues, and a threads worker for io (webhook delivery), so a slow receiver never holds a stage."""
     proc = start_worker(queues="cpu,gpu", extra_env={"PIXELMILL_PRELOAD_MODELS": "1"})
-    io_worker = start_worker(queues="io", concurrency=8, pool="threads", name="io")
+    io_worker = start_worker(queues="io", concurrency=8, pool="threads", name="io",
+                             extra_env=IO_WORKER_ENV)
     try:
         wait_worker_ready(proc, name="test")
         wait_worker_ready(io_worker, name="io")

@@ -72,6 +72,10 @@ def _worker(args: argparse.Namespace) -> int:
     queues = args.queues
     concurrency = args.concurrency or (1 if "gpu" in queues.split(",") else 2)
     pool = "threads" if queues == "io" else "prefork"
+    if pool == "threads":
+        from workers.stack import IO_WORKER_ENV
+
+        os.environ.update(IO_WORKER_ENV)
     if "gpu" in queues.split(","):
         os.environ.setdefault("PIXELMILL_PRELOAD_MODELS", "1")
     argv = worker_argv(queues=queues, concurrency=concurrency, pool=pool)

@@ -14,6 +14,9 @@ from pathlib import Path
 from workers.redis_server import RedisServer
 
 STOP_GRACE_S = 20.0
+# A threads-pool worker crashes ("Unrecoverable error") when Celery cancels its running tasks
+# on a broker connection loss; webhook deliveries are idempotent, so let them finish instead.
+IO_WORKER_ENV = {"PIXELMILL_CANCEL_TASKS_ON_CONNECTION_LOSS": "0"}
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,7 @@ def stack_specs(*, host: str, port: int, cpu_concurrency: int, env: dict[str, st
     return [
         ProcessSpec("cpu", worker_argv(queues="cpu", concurrency=cpu_concurrency), env),
         ProcessSpec("gpu", worker_argv(queues="gpu", concurrency=1), gpu_env),
-        ProcessSpec("io", worker_argv(queues="io", concurrency=8, pool="threads"), env),
+        ProcessSpec("io", worker_argv(queues="io", concurrency=8, pool="threads"), {**env, **IO_WORKER_ENV}),
         ProcessSpec("web", web_argv(host=host, port=port), env),
         ProcessSpec("reaper", [sys.executable, "-m", "workers.cli", "reaper"], env),
     ]
@@ -74,20 +77,33 @@ def run_stack(*, host: str, port: int, cpu_concurrency: int, data_dir: Path) -> 
             # Each child gets its own process group so Ctrl-C reaches us once, and we stop them in order.
             children.append((spec, subprocess.Popen(spec.argv, env=spec.env, start_new_session=True)))
         print(f"pixelmill: serving on http://{host}:{port}/  (Ctrl-C stops everything)", flush=True)
-        exit_code = 0
-        while not stopping:
-            for spec, proc in children:
-                if proc.poll() is not None:
-                    print(f"pixelmill: {spec.name} exited with {proc.returncode}; stopping the stack", flush=True)
-                    stopping, exit_code = True, 1
-            time.sleep(0.5)
-        return exit_code
+        return supervise(children, should_stop=lambda: stopping)
     finally:
         print("pixelmill: stopping…", flush=True)
-        stop_all([proc for _, proc in children])
+        stop_all([proc for _, proc in children])  # the current processes, restarted ones included
         if redis_server:
             redis_server.stop()
         print("pixelmill: stopped", flush=True)
+
+
+def supervise(children: list[tuple[ProcessSpec, subprocess.Popen]], *, should_stop, max_restarts: int = 5,
+              window_s: float = 60.0) -> int:
+    """Restart a child that exits (a worker can die on a broker reconnect, a kombu bug with the
+    threads pool), as a process manager would; give up, and stop the stack, if one keeps dying."""
+    restarts: dict[str, list[float]] = {}
+    while not should_stop():
+        for i, (spec, proc) in enumerate(children):
+            if proc.poll() is None:
+                continue
+            recent = [t for t in restarts.get(spec.name, []) if time.monotonic() - t < window_s]
+            if len(recent) >= max_restarts:
+                print(f"pixelmill: {spec.name} keeps exiting ({proc.returncode}); stopping the stack", flush=True)
+                return 1
+            print(f"pixelmill: {spec.name} exited with {proc.returncode}; restarting it", flush=True)
+            restarts[spec.name] = [*recent, time.monotonic()]
+            children[i] = (spec, subprocess.Popen(spec.argv, env=spec.env, start_new_session=True))
+        time.sleep(0.5)
+    return 0
 
 
 def stop_all(processes: list[subprocess.Popen]) -> None:

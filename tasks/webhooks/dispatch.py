@@ -26,7 +26,7 @@ from tasks.webhooks.store import WebhookStore, key_for
 log = logging.getLogger(__name__)
 
 Enqueue = Callable[[str, int], None]  # (delivery id, schedule)
-LOCK_TTL_S = 60
+LOCK_TTL_S = 15  # renewed while draining; a dispatcher that died frees it soon
 FAILED = event_key("failed")
 
 

@@ -46,6 +46,8 @@ class Cluster:
             "PIXELMILL_WEBHOOK_ALLOW_PRIVATE": "1",  # the event receiver below is on loopback
             "PIXELMILL_WEBHOOK_BACKOFF_BASE_S": "0.5",
             "PIXELMILL_WEBHOOK_BACKOFF_MAX_S": "2",
+            "PIXELMILL_WEBHOOK_TIMEOUT_S": "2",
+            "PIXELMILL_REAPER_INTERVAL_S": "3",
             "HF_HUB_OFFLINE": "1",
         })
         if broker == "rabbitmq":
@@ -65,16 +67,17 @@ class Cluster:
         return self.receiver
 
     # --- processes ------------------------------------------------------------------------
-    def spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def spawn(self, name: str, argv: list[str], *, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.root / f"{name}-{len(self.processes)}.log", "wb")
-        proc = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(argv, cwd=ROOT, env={**self.env, **(extra_env or {})}, stdout=log,
+                                stderr=subprocess.STDOUT,
                                 start_new_session=True)
         self.processes.append(proc)
         return proc
 
     def start_worker(self, *, name: str = "w", queues: str = "cpu,gpu", concurrency: int = 1,
-                     pool: str = "prefork") -> subprocess.Popen:
-        proc = self.spawn(f"worker-{name}", [
+                     pool: str = "prefork", extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        proc = self.spawn(f"worker-{name}", extra_env=extra_env, argv=[
             sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker", "--queues", queues,
             "--concurrency", str(concurrency), "--pool", pool, "--loglevel", "INFO",
             "--hostname", f"{name}-{uuid.uuid4().hex[:6]}@%h", "--without-gossip", "--without-mingle",
@@ -84,7 +87,13 @@ class Cluster:
 
     def start_io_worker(self) -> subprocess.Popen:
         """Webhook deliveries run here, as in `make run`: never on a stage worker."""
-        return self.start_worker(name="io", queues="io", concurrency=4, pool="threads")
+        from workers.stack import IO_WORKER_ENV
+
+        return self.start_worker(name="io", queues="io", concurrency=4, pool="threads", extra_env=IO_WORKER_ENV)
+
+    def start_reaper(self) -> subprocess.Popen:
+        """As in `make run`: expires late jobs, re-enqueues stuck ones, drains the event outbox."""
+        return self.spawn("reaper", [sys.executable, "-m", "workers.cli", "reaper"])
 
     def start_web(self) -> str:
         port = free_port()
@@ -129,12 +138,39 @@ class Cluster:
         except ProcessLookupError:
             pass
 
+    def supervise(self) -> list[str]:
+        """Restart any worker that exited, as a process manager (compose, systemd, k8s) does;
+        returns the names of those restarted."""
+        restarted = []
+        for i, proc in enumerate(list(self.processes)):
+            if proc.poll() is None or proc.returncode == 0 or "--queues" not in proc.args:
+                continue
+            queues = proc.args[proc.args.index("--queues") + 1]
+            pool = proc.args[proc.args.index("--pool") + 1]
+            self.processes[i] = proc = subprocess.Popen(["true"])  # placeholder, replaced below
+            proc.wait()
+            replacement = (self.start_io_worker() if queues == "io"
+                           else self.start_worker(name="restarted", queues=queues, pool=pool))
+            restarted.append(queues)
+            del replacement
+        return restarted
+
     def restart_redis(self, *, down_s: float = 0.0, while_down=None) -> None:
         self.redis.stop()
         if while_down:
             while_down()
         time.sleep(down_s)
         self.redis.start()
+
+    def stop_stage_workers(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None and "--queues" in proc.args and proc.args[proc.args.index("--queues") + 1] != "io":
+                self.warm_stop(proc)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.kill(proc)
+                    proc.wait()
 
     def stop(self) -> None:
         for proc in self.processes:
@@ -219,7 +255,7 @@ class EventReceiver:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    def wait_completed(self, job_ids: list[str], *, timeout_s: float = 60) -> dict[str, int]:
+    def wait_completed(self, job_ids: list[str], *, timeout_s: float = 150) -> dict[str, int]:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not all(self.completed.get(i) for i in job_ids):
             time.sleep(0.2)

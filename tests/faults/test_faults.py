@@ -28,14 +28,23 @@ BROKERS = [
 SLOW = dict(engine="diffusion", size=64, steps=60, strength=1.0, prompt="a photo")
 
 
-@pytest.fixture(params=BROKERS)
-def cluster(request, tmp_path, tiny_model):
-    c = Cluster(tmp_path, broker=request.param, model=tiny_model)
+@pytest.fixture(scope="module", params=BROKERS)
+def shared_cluster(request, tmp_path_factory, tiny_model):
+    """One cluster per broker for the scenarios below (Redis, web, io worker, event receiver);
+    each scenario brings and takes away its own stage workers."""
+    c = Cluster(tmp_path_factory.mktemp(f"cluster-{request.param}"), broker=request.param, model=tiny_model)
     c.start_web()
     c.start_io_worker()
+    c.start_reaper()
     c.listen_for_events()
     yield c
     c.stop()
+
+
+@pytest.fixture
+def cluster(shared_cluster):
+    yield shared_cluster
+    shared_cluster.stop_stage_workers()
 
 
 def _report(name: str, submitted: list[str], jobs: dict[str, dict], cluster: Cluster) -> dict[str, int]:
@@ -135,6 +144,9 @@ def test_redis_restart_mid_batch(cluster):
                         seconds=time.monotonic() - started)
 
     cluster.restart_redis(down_s=3, while_down=while_down)
+    time.sleep(3)
+    restarted = cluster.supervise()
+    print(f"\n[Redis restart, {cluster.broker}] workers restarted by the supervisor: {restarted or 'none'}")
     assert observed["health"] == 503 and observed["api"] == 503, observed
     assert observed["body"]["error"]["code"] == "store_unavailable"
     assert observed["seconds"] < 10  # answered, not hung
