@@ -49,6 +49,7 @@ def run(args: argparse.Namespace, worker: subprocess.Popen) -> None:
     import numpy as np
     from skimage import data
 
+    from safety.nsfw import get_classifier
     from safety.quality import check_quality
     from safety.validate import decode_png, encode_png, validate_image
     from tasks.celery_app import app
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace, worker: subprocess.Popen) -> None:
         styled = apply_style(image, "cartoon")
         final = enhance(styled, EnhanceOptions(upscale=2))
         check_quality(final)
+        get_classifier().score(final)
         encode_png(final)
         return time.perf_counter() - start
 
