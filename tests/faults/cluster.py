@@ -58,6 +58,7 @@ class Cluster:
         env.update({f"PIXELMILL_{k.upper()}": str(v) for k, v in settings.items()})
         self.env = env
         self.processes: list[subprocess.Popen] = []
+        self.replaced: set[subprocess.Popen] = set()
         self.base_url: str | None = None
         self.receiver: EventReceiver | None = None
 
@@ -142,17 +143,16 @@ class Cluster:
         """Restart any worker that exited, as a process manager (compose, systemd, k8s) does;
         returns the names of those restarted."""
         restarted = []
-        for i, proc in enumerate(list(self.processes)):
-            if proc.poll() is None or proc.returncode == 0 or "--queues" not in proc.args:
+        for proc in list(self.processes):
+            if proc in self.replaced or proc.poll() in (None, 0) or "--queues" not in proc.args:
                 continue
+            self.replaced.add(proc)
             queues = proc.args[proc.args.index("--queues") + 1]
-            pool = proc.args[proc.args.index("--pool") + 1]
-            self.processes[i] = proc = subprocess.Popen(["true"])  # placeholder, replaced below
-            proc.wait()
-            replacement = (self.start_io_worker() if queues == "io"
-                           else self.start_worker(name="restarted", queues=queues, pool=pool))
+            if queues == "io":
+                self.start_io_worker()
+            else:
+                self.start_worker(name="restarted", queues=queues, pool=proc.args[proc.args.index("--pool") + 1])
             restarted.append(queues)
-            del replacement
         return restarted
 
     def restart_redis(self, *, down_s: float = 0.0, while_down=None) -> None:
