@@ -50,6 +50,8 @@ def test_style_job_runs_all_four_stages(client, workers):
     assert result.shape == (512, 512, 3)  # upscaled ×2
     downsized = np.asarray(Image.fromarray(result).resize((256, 256)), dtype=float)
     assert np.abs(downsized - original).mean() > 8  # restyled, not a copy
+    page = client.get(f"/jobs/{job['id']}").get_data(as_text=True)
+    assert "Audit: <strong>pass</strong> · NSFW score" in page and "download PNG" in page
     download = client.get(job["links"]["result"] + "?download=1")
     assert "attachment" in download.headers["Content-Disposition"]
 

@@ -32,7 +32,9 @@
     if (job.error) { $('error').hidden = false; $('error').textContent = job.error.message; }
     if (job.audit) {
       $('audit').hidden = false;
-      $('audit').innerHTML = 'Audit: <strong></strong>' + (job.audit.reasons || []).map(r => ' · ' + r).join('');
+      const score = job.audit.scores ? [`NSFW score ${job.audit.scores.nsfw.toFixed(3)} (${job.audit.model})`] : [];
+      $('audit').innerHTML = 'Audit: <strong></strong>';
+      $('audit').append([...score, ...(job.audit.reasons || [])].map(r => ' · ' + r).join(''));
       $('audit').querySelector('strong').textContent = job.audit.verdict;
     }
     if (job.links.result) {
