@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
 from kombu import Queue
 
 from tasks.settings import QUEUES, Settings, get_settings
@@ -58,9 +58,27 @@ def create_celery(settings: Settings | None = None) -> Celery:
 app = create_celery()
 
 
+@worker_init.connect
+def _worker_init(sender, **_: object) -> None:
+    """The worker's main process: note what it serves; a threads/solo pool loads its models here
+    (it runs the tasks itself), a prefork pool loads them in each child (below)."""
+    from tasks import lifecycle
+
+    lifecycle.on_worker_init(hostname=sender.hostname, queues=list(sender.app.amqp.queues.consume_from),
+                             pool_cls=sender.pool_cls, concurrency=sender.concurrency)
+
+
 @worker_process_init.connect
 def _load_models(**_: object) -> None:
-    """Load models in the child after fork: CUDA must never be touched in the parent."""
-    from tasks.runtime import get_runtime
+    """Load and warm models in the child after fork: CUDA must never be touched in the parent."""
+    from tasks import lifecycle
 
-    get_runtime().warm_up()
+    lifecycle.start_process()
+
+
+@worker_process_shutdown.connect
+@worker_shutdown.connect
+def _stop_heartbeat(**_: object) -> None:
+    from tasks import lifecycle
+
+    lifecycle.stop_process()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property, lru_cache
 
 import redis
@@ -19,7 +19,9 @@ from tasks.settings import Settings, get_settings
 from tasks.store import JobStore
 from tasks.tenants import TenantStore
 from tasks.webhooks.store import WebhookStore
+from tasks.batching import GenerateBatcher
 from workers import residency
+from workers.diffusion import EngineOptions
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class Runtime:
     settings: Settings
+    _batcher: GenerateBatcher | None = field(default=None, init=False, repr=False)
 
     @cached_property
     def redis(self) -> redis.Redis:
@@ -73,25 +76,49 @@ class Runtime:
         return self.cache.latents
 
     def diffusion(self) -> residency.LoadedDiffusion:
+        s = self.settings
         return residency.diffusion_engine(
-            model=self.settings.diffusion_model,
-            revision=self.settings.diffusion_revision,
-            device=self.settings.device,
-            dtype=self.settings.dtype,
+            model=s.diffusion_model,
+            revision=s.diffusion_revision,
+            device=s.device,
+            dtype=s.dtype,
+            options=EngineOptions(attention=s.attention, channels_last=s.channels_last,
+                                  torch_compile=s.torch_compile, vae_slicing=s.vae_slicing),
         )
+
+    def loaded_diffusion(self) -> residency.LoadedDiffusion | None:
+        """The resident diffusion model, if this process has loaded it (never loads)."""
+        return self.diffusion() if residency.is_loaded() else None
+
+    def generate_batcher(self) -> GenerateBatcher | None:
+        """The process's dynamic batcher of generate calls, when this process batches (a threads
+        pool on the gpu queue with gpu_max_batch > 1); None runs each generate alone."""
+        return self._batcher
+
+    def loaded_batcher(self) -> GenerateBatcher | None:
+        return self._batcher
 
     def audit_policy(self, tenant: str) -> AuditPolicy:
         default = AuditPolicy(threshold=self.settings.audit_threshold, action=Action(self.settings.audit_action))
         return self.tenants.policy(tenant, default=default)
 
-    def warm_up(self) -> None:
+    def warm_up(self, *, batching: bool = False) -> None:
+        """Before the process takes work: the classifier, the diffusion model (when preloading),
+        one small generation through it, and the batcher when this process batches."""
         get_classifier()  # every worker may audit: load the classifier before taking work
         report = check_memory_policy(self.cache_backend, shared_with_broker=self.settings.cache_redis() == self.settings.broker())
         for problem in report.problems:
             log.warning("latent cache: %s", problem)
         if self.settings.preload_models and self.settings.diffusion_model:
             loaded = self.diffusion()
-            log.info("diffusion model %s resident on %s (%s)", loaded.engine.model, loaded.device, loaded.dtype_name)
+            loaded.engine.warm_up()
+            log.info("diffusion model %s resident on %s (%s), warmed up", loaded.engine.model, loaded.device,
+                     loaded.dtype_name)
+        if batching and self.settings.gpu_max_batch > 1 and self._batcher is None:
+            self._batcher = GenerateBatcher(self.diffusion, max_batch=self.settings.gpu_max_batch,
+                                            max_wait_s=self.settings.gpu_max_wait_ms / 1000)
+            log.info("batching generate: up to %d per call, waiting at most %d ms", self.settings.gpu_max_batch,
+                     self.settings.gpu_max_wait_ms)
 
 
 @lru_cache(maxsize=1)

@@ -33,7 +33,21 @@ class Settings(BaseSettings):
     diffusion_revision: str | None = None
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     dtype: str = Field("auto", description="auto (fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16")
-    preload_models: bool = Field(False, description="load the diffusion model when a worker process starts")
+    preload_models: bool = Field(False, description="load (and warm up) the diffusion model when a worker "
+                                                    "process starts, before it takes work")
+    attention: Literal["sdpa", "math"] = Field("sdpa", description="sdpa: torch scaled_dot_product_attention "
+                                                                 "(flash/memory-efficient kernels); math: plain")
+    channels_last: bool = Field(False, description="UNet and VAE in channels_last memory format (GPU convs)")
+    torch_compile: bool = Field(False, description="torch.compile the UNet: minutes of compiling at start "
+                                                   "(warm-up), then faster steps; each new shape compiles again")
+    vae_slicing: Literal["auto", "on", "off"] = Field("auto", description="decode a batch one image at a "
+                                                                       "time (less memory); auto: batches of 4+")
+
+    # --- dynamic batching of generate on the gpu queue (docs/batching.md) ---------------------
+    gpu_max_batch: int = Field(8, ge=1, le=64, description="generate requests run as one batch, at most; "
+                                                           "1 turns batching off")
+    gpu_max_wait_ms: int = Field(30, ge=0, le=10_000, description="the longest a request waits for batchmates "
+                                                                  "(none when no other request is on its way)")
 
     # --- routing --------------------------------------------------------------------------
     routes: dict[str, str] = Field(
@@ -106,6 +120,14 @@ class Settings(BaseSettings):
     webhook_max_response_bytes: int = Field(64 * 1024, ge=0, description="read at most this much of an answer")
     webhook_endpoint_concurrency: int = Field(4, ge=1, description="attempts in flight per endpoint, so one "
                                                                    "slow receiver cannot hold every io thread")
+
+    # --- cost accounting (docs/operations.md) ------------------------------------------------------
+    price_per_hour: dict[str, float] = Field(
+        default_factory=lambda: {"cpu": 0.10, "gpu": 2.50, "io": 0.02},
+        description="USD per worker-process-hour on each queue; a stage costs device_s × price / 3600. "
+                    "Defaults are a ballpark of cloud list prices (a vCPU-heavy process ~0.10, one "
+                    "A10/L4-class GPU ~2.50, a thread of an io worker ~0.02); set your own, e.g. "
+                    'PIXELMILL_PRICE_PER_HOUR=\'{"cpu": 0.08, "gpu": 1.9, "io": 0.01}\'')
 
     def broker(self) -> str:
         return self.broker_url or self.redis_url

@@ -19,11 +19,12 @@ import pytest
 from PIL import Image
 
 from workers.redis_server import RedisServer, free_port
-from workers.stack import IO_WORKER_ENV
+from workers.stack import plan_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="pixelmill-tests-"))
 REDIS_PORT = free_port()
+GPU_MAX_BATCH = 4  # the gpu worker's batch limit in tests (PIXELMILL_GPU_MAX_BATCH)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -32,6 +33,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PIXELMILL_REDIS_URL"] = f"redis://127.0.0.1:{REDIS_PORT}/0"
     os.environ["PIXELMILL_DATA_DIR"] = str(SESSION_DIR / "data")
     os.environ["PIXELMILL_DIFFUSION_MODEL"] = str(SESSION_DIR / "tiny-sd")
+    os.environ["PIXELMILL_GPU_MAX_BATCH"] = str(GPU_MAX_BATCH)
     os.environ["PIXELMILL_MAX_OUTPUT_PIXELS"] = "5000000"  # small, so a test can trip it cheaply
     # One tenant submits for the whole session: its per-minute limit must not trip across tests
     # (the tests of the limit build their own app with a small one).
@@ -99,18 +101,21 @@ def wait_worker_ready(proc: subprocess.Popen, *, timeout_s: float = 60, name: st
 
 @pytest.fixture(scope="session")
 def workers(redis_server: RedisServer, tiny_model: Path) -> Iterator[subprocess.Popen]:
-    """Real Celery workers as `make run` starts them: prefork (2 processes) for the cpu and gpu
-    queues, and a threads worker for io (webhook delivery), so a slow receiver never holds a stage."""
-    proc = start_worker(queues="cpu,gpu", extra_env={"PIXELMILL_PRELOAD_MODELS": "1"})
-    io_worker = start_worker(queues="io", concurrency=8, pool="threads", name="io",
-                             extra_env=IO_WORKER_ENV)
+    """Real Celery workers as `make run` starts them (workers.stack.plan_worker): prefork
+    (2 processes) for cpu, one batching threads-pool process for gpu (the tiny model resident and
+    warmed up), and a threads worker for io (webhook delivery), so a slow receiver never holds a stage."""
+    started = []
     try:
-        wait_worker_ready(proc, name="test")
-        wait_worker_ready(io_worker, name="io")
-        yield proc
+        for name, queues in (("test", "cpu"), ("gpu", "gpu"), ("io", "io")):
+            plan = plan_worker(queues, gpu_max_batch=GPU_MAX_BATCH)
+            started.append((name, start_worker(queues=queues, concurrency=plan.concurrency, pool=plan.pool,
+                                               name=name, extra_env=plan.env)))
+        for name, proc in started:
+            wait_worker_ready(proc, name=name, timeout_s=120)
+        yield started[0][1]
     finally:
-        stop_worker(io_worker)
-        stop_worker(proc)
+        for _, proc in reversed(started):
+            stop_worker(proc)
 
 
 def stop_worker(proc: subprocess.Popen, *, timeout_s: float = 20) -> None:

@@ -30,15 +30,29 @@ def main(argv: list[str] | None = None) -> int:
     redis_cmd.add_argument("--port", type=int, default=6390)
     redis_cmd.add_argument("--data-dir", type=Path, default=Path("var/redis"))
 
-    submit = sub.add_parser("submit", help="upload images and (optionally) wait for the results")
-    submit.add_argument("paths", nargs="+", type=Path)
-    submit.add_argument("--url", default=os.environ.get("PIXELMILL_URL", "http://127.0.0.1:8000"))
+    submit = sub.add_parser("submit", help="upload images, folders and zip archives as batches; with --wait, "
+                                           "download each result as it finishes (rerun to resume)")
+    submit.add_argument("paths", nargs="+", type=Path, help="image files, folders (recursively) and .zip archives")
+    submit.add_argument("--url", default=os.environ.get("PIXELMILL_URL", "http://127.0.0.1:8000"),
+                        help="the server (env PIXELMILL_URL)")
+    submit.add_argument("--api-key", default=os.environ.get("PIXELMILL_API_KEY"),
+                        help="sent as 'Authorization: Bearer …' (env PIXELMILL_API_KEY)")
     submit.add_argument("--style", default="cartoon")
     submit.add_argument("--engine", default="style", choices=["style", "diffusion"])
     submit.add_argument("--prompt", default="")
+    submit.add_argument("--negative-prompt", default=None)
+    submit.add_argument("--strength", type=float, default=None, help="diffusion: 0 < strength ≤ 1")
+    submit.add_argument("--steps", type=int, default=None, help="diffusion: denoising steps")
+    submit.add_argument("--seed", type=int, default=None, help="the same seed for every image (default: random)")
+    submit.add_argument("--size", type=int, default=None, help="working size in pixels (server default 512)")
     submit.add_argument("--upscale", type=int, default=1, choices=[1, 2, 4])
-    submit.add_argument("--wait", action="store_true")
-    submit.add_argument("--out", type=Path, default=Path("results"))
+    submit.add_argument("--wait", action="store_true", help="wait, showing progress, and download the results")
+    submit.add_argument("--out", type=Path, default=Path("results"),
+                        help="results mirror the inputs' paths here; the resume state is kept here too")
+    submit.add_argument("--no-progress", action="store_true", help="a line per result instead of a progress bar")
+    submit.add_argument("--batch-size", type=int, default=100, help="at most this many files per upload request")
+    submit.add_argument("--retry-failed", action="store_true",
+                        help="submit again the inputs whose jobs failed, were blocked or canceled in an earlier run")
 
     tiny = sub.add_parser("tiny-model", help="build a tiny random-weight SD pipeline (for demos and tests)")
     tiny.add_argument("path", type=Path)
@@ -67,18 +81,13 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    from workers.stack import worker_argv
+    from tasks.settings import get_settings
+    from workers.stack import plan_worker, worker_argv
 
-    queues = args.queues
-    concurrency = args.concurrency or (1 if "gpu" in queues.split(",") else 2)
-    pool = "threads" if queues == "io" else "prefork"
-    if pool == "threads":
-        from workers.stack import IO_WORKER_ENV
-
-        os.environ.update(IO_WORKER_ENV)
-    if "gpu" in queues.split(","):
-        os.environ.setdefault("PIXELMILL_PRELOAD_MODELS", "1")
-    argv = worker_argv(queues=queues, concurrency=concurrency, pool=pool)
+    plan = plan_worker(args.queues, concurrency=args.concurrency, gpu_max_batch=get_settings().gpu_max_batch)
+    for name, value in plan.env.items():
+        os.environ.setdefault(name, value)
+    argv = worker_argv(queues=plan.queues, concurrency=plan.concurrency, pool=plan.pool)
     os.execv(argv[0], argv)
     return 0  # not reached
 
@@ -101,10 +110,32 @@ def _redis(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from workers.client import submit_files
+    from workers.batch_submit import SubmitOptions, run_submit
 
     params = {"engine": args.engine, "style": args.style, "prompt": args.prompt, "upscale": args.upscale}
-    return submit_files(args.url, args.paths, params=params, wait=args.wait, out=args.out)
+    optional = {"negative_prompt": args.negative_prompt, "strength": args.strength, "steps": args.steps,
+                "seed": args.seed, "size": args.size}
+    params.update({name: value for name, value in optional.items() if value is not None})
+    options = SubmitOptions(url=args.url, api_key=args.api_key, params=params, out=args.out, wait=args.wait,
+                            progress=not args.no_progress, batch_size=args.batch_size,
+                            retry_failed=args.retry_failed, resume_command=_resume_command())
+    return run_submit(args.paths, options=options)
+
+
+def _resume_command() -> str:
+    """This command line, to print when a submit is interrupted (an API key given inline is hidden)."""
+    import shlex
+
+    argv, shown, hide_next = sys.argv[1:], [], False
+    for arg in argv:
+        if hide_next:
+            arg, hide_next = "…", False
+        elif arg == "--api-key":
+            hide_next = True
+        elif arg.startswith("--api-key="):
+            arg = "--api-key=…"
+        shown.append(arg)
+    return shlex.join(["pixelmill", *shown])
 
 
 def _tiny_model(args: argparse.Namespace) -> int:

@@ -18,12 +18,33 @@ from PIL import Image
 
 from workers.errors import EngineError, Interrupted, ModelLoadError
 
-StepCallback = Callable[[int, int], bool | None]
+# on_step(done, total, latents): called after each denoising step with the current latents of the
+# whole batch; returning True stops the run (Interrupted).
+StepCallback = Callable[[int, int, torch.Tensor], bool | None]
 
 LATENT_CHANNELS = 4
 MAX_STEPS = 200
 MAX_GUIDANCE = 50.0
 MODEL_SETTING = "PIXELMILL_DIFFUSION_MODEL"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Speed options of a loaded pipeline; each one is a setting and is measured in bench/."""
+
+    attention: str = "sdpa"  # "sdpa": torch's scaled_dot_product_attention; "math": the plain einsum path
+    channels_last: bool = False  # UNet and VAE in channels_last memory format (helps convs on GPUs)
+    torch_compile: bool = False  # torch.compile the UNet (slow first call; then faster steps)
+    vae_slicing: str = "auto"  # decode a batch one image at a time: "auto" (batches of 4 or more), "on", "off"
+
+    def __post_init__(self) -> None:
+        if self.attention not in ("sdpa", "math"):
+            raise EngineError(f"attention must be 'sdpa' or 'math', got {self.attention!r}")
+        if self.vae_slicing not in ("auto", "on", "off"):
+            raise EngineError(f"vae_slicing must be 'auto', 'on' or 'off', got {self.vae_slicing!r}")
+
+    def slices_vae(self, batch: int) -> bool:
+        return self.vae_slicing == "on" or (self.vae_slicing == "auto" and batch >= 4)
 
 
 @dataclass(frozen=True)
@@ -41,6 +62,11 @@ class GenerateParams:
     def denoising_steps(self) -> int:
         """The number of denoising steps actually run (as diffusers counts them)."""
         return min(int(self.steps * self.strength), self.steps)
+
+    def batch_key(self) -> tuple[int, float, float]:
+        """What must be equal for two requests to share one pipeline call: the schedule (steps and
+        strength) and the guidance scale. Prompts and seeds may differ within a batch."""
+        return (self.steps, self.strength, self.guidance)
 
     def validate(self) -> None:
         """Raise EngineError naming the first out-of-range parameter."""
@@ -94,6 +120,11 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
     return (images[0] * 255).round().astype(np.uint8)
 
 
+def _all_to_uint8(images: np.ndarray) -> list[np.ndarray]:
+    """A batch of float images in [0, 1] (NxHxWx3) as a list of uint8 HxWx3 images."""
+    return list((images * 255).round().astype(np.uint8))
+
+
 def _load_failure(model: str, revision: str | None, exc: Exception) -> ModelLoadError:
     text = str(exc).strip()
     reason = text.splitlines()[0].rstrip(".") if text else type(exc).__name__
@@ -115,13 +146,16 @@ class DiffusionEngine:
         revision: str | None,
         device: str,
         dtype: torch.dtype,
+        options: EngineOptions = EngineOptions(),
     ) -> None:
         self._pipe = pipe
         self.model = model
         self.revision = revision
         self.device = device
         self.dtype = dtype
+        self.options = options
         self.vae_scale_factor: int = pipe.vae_scale_factor
+        _apply_options(pipe, options)
 
     @classmethod
     def load(
@@ -131,6 +165,7 @@ class DiffusionEngine:
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
         revision: str | None = None,
+        options: EngineOptions = EngineOptions(),
     ) -> DiffusionEngine:
         """Load `model` (a save_pretrained folder or hub id) onto `device`; raise ModelLoadError if that fails."""
         try:
@@ -145,7 +180,14 @@ class DiffusionEngine:
         except Exception as exc:  # any failure here means the configured model is unusable
             raise _load_failure(model, revision, exc) from exc
         pipe.set_progress_bar_config(disable=True)
-        return cls(pipe, model=model, revision=revision, device=device, dtype=dtype)
+        return cls(pipe, model=model, revision=revision, device=device, dtype=dtype, options=options)
+
+    def warm_up(self, *, size: int = 64, steps: int = 2) -> None:
+        """Run one small generation so that lazy initialisation (kernels, allocator, compiled
+        graphs) happens before the first real request, not during it."""
+        factor = self.vae_scale_factor
+        latents = torch.zeros(1, LATENT_CHANNELS, size // factor, size // factor)
+        self.generate(latents, GenerateParams(prompt="warm-up", strength=1.0, steps=steps))
 
     def encode(self, image: np.ndarray) -> torch.Tensor:
         """Encode an HxWx3 uint8 RGB image to scaled latents (1, 4, H/f, W/f), float32 on the CPU."""
@@ -182,24 +224,46 @@ class DiffusionEngine:
     ) -> np.ndarray:
         """Noise `latents` by params.strength and denoise them towards the prompt into an HxWx3 uint8 image.
 
-        Deterministic for a given seed. `on_step(done, total)` is called after each denoising step, with
-        `done` counting from 1 to `total` (params.denoising_steps); if it returns True the run stops and
-        Interrupted is raised.
+        Deterministic for a given seed. `on_step(done, total, latents)` is called after each denoising
+        step, with `done` counting from 1 to `total` (params.denoising_steps); if it returns True the run
+        stops and Interrupted is raised.
         """
-        params.validate()
-        self._check_latents(latents)
+        return self.generate_batch([latents], [params], on_step=on_step)[0]
+
+    def generate_batch(
+        self,
+        latents: list[torch.Tensor],
+        params: list[GenerateParams],
+        *,
+        on_step: StepCallback | None = None,
+    ) -> list[np.ndarray]:
+        """Generate several images in one pipeline call: one UNet pass per step for the whole batch.
+
+        Every item keeps its own prompt, negative prompt and seed (one torch.Generator each, so an
+        item gives the same image batched or alone); the items must share latent size, steps,
+        strength and guidance (GenerateParams.batch_key), or EngineError is raised.
+        """
+        if not latents or len(latents) != len(params):
+            raise EngineError(f"generate_batch needs as many latents as params, got {len(latents)} and {len(params)}")
+        for item, wanted in zip(latents, params, strict=True):
+            wanted.validate()
+            self._check_latents(item)
+        if len({p.batch_key() for p in params}) > 1 or len({tuple(t.shape) for t in latents}) > 1:
+            raise EngineError("a batch must share latent size, steps, strength and guidance; split it by batch key")
+        first = params[0]
+        _set_vae_slicing(self._pipe, self.options.slices_vae(len(params)))
         result = self._pipe(
-            prompt=params.prompt,
-            negative_prompt=params.negative_prompt,
-            image=latents,
-            strength=params.strength,
-            num_inference_steps=params.steps,
-            guidance_scale=params.guidance,
-            generator=torch.Generator(device="cpu").manual_seed(params.seed),
+            prompt=[p.prompt for p in params],
+            negative_prompt=[p.negative_prompt for p in params],
+            image=torch.cat(latents),
+            strength=first.strength,
+            num_inference_steps=first.steps,
+            guidance_scale=first.guidance,
+            generator=[torch.Generator(device="cpu").manual_seed(p.seed) for p in params],
             output_type="np",
             callback_on_step_end=_step_adapter(on_step) if on_step is not None else None,
         )
-        return _to_uint8(result.images)
+        return _all_to_uint8(result.images)
 
     def _check_latents(self, latents: torch.Tensor) -> None:
         if latents.ndim != 4 or latents.shape[0] != 1 or latents.shape[1] != LATENT_CHANNELS:
@@ -215,8 +279,25 @@ def _step_adapter(on_step: StepCallback) -> Callable[..., dict[str, Any]]:
         pipe: StableDiffusionImg2ImgPipeline, step: int, timestep: Any, tensors: dict[str, Any]
     ) -> dict[str, Any]:
         total = pipe.num_timesteps
-        if on_step(step + 1, total):
+        if on_step(step + 1, total, tensors["latents"]):
             raise Interrupted(f"stopped after {step + 1} of {total} denoising steps")
         return tensors
 
     return callback
+
+
+def _apply_options(pipe: StableDiffusionImg2ImgPipeline, options: EngineOptions) -> None:
+    if options.attention == "math":
+        from diffusers.models.attention_processor import AttnProcessor
+
+        pipe.unet.set_attn_processor(AttnProcessor())
+        pipe.vae.set_attn_processor(AttnProcessor())
+    if options.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if options.torch_compile:
+        pipe.unet.compile()  # in place; each new batch size or latent size compiles once more
+
+
+def _set_vae_slicing(pipe: StableDiffusionImg2ImgPipeline, on: bool) -> None:
+    pipe.vae.use_slicing = on

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from workers.devices import default_dtype, dtype_name, pick_device
-from workers.diffusion import DiffusionEngine
+from workers.diffusion import DiffusionEngine, EngineOptions
 from workers.errors import EngineError
 
 
@@ -18,7 +18,8 @@ class LoadedDiffusion:
 
 
 @lru_cache(maxsize=2)
-def diffusion_engine(*, model: str | None, revision: str | None, device: str, dtype: str) -> LoadedDiffusion:
+def diffusion_engine(*, model: str | None, revision: str | None, device: str, dtype: str,
+                     options: EngineOptions = EngineOptions()) -> LoadedDiffusion:
     if not model:
         raise EngineError(
             "diffusion is not enabled on this server: set PIXELMILL_DIFFUSION_MODEL to a model id "
@@ -26,5 +27,9 @@ def diffusion_engine(*, model: str | None, revision: str | None, device: str, dt
         )
     chosen = pick_device(device)
     torch_dtype = default_dtype(chosen, dtype)
-    engine = DiffusionEngine.load(model, device=chosen, dtype=torch_dtype, revision=revision)
+    engine = DiffusionEngine.load(model, device=chosen, dtype=torch_dtype, revision=revision, options=options)
     return LoadedDiffusion(engine=engine, device=chosen, dtype_name=dtype_name(torch_dtype))
+
+
+def is_loaded() -> bool:
+    return diffusion_engine.cache_info().currsize > 0

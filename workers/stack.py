@@ -15,8 +15,38 @@ from workers.redis_server import RedisServer
 
 STOP_GRACE_S = 20.0
 # A threads-pool worker crashes ("Unrecoverable error") when Celery cancels its running tasks
-# on a broker connection loss; webhook deliveries are idempotent, so let them finish instead.
-IO_WORKER_ENV = {"PIXELMILL_CANCEL_TASKS_ON_CONNECTION_LOSS": "0"}
+# on a broker connection loss; webhook deliveries and stages are idempotent, so let them finish.
+THREADS_WORKER_ENV = {"PIXELMILL_CANCEL_TASKS_ON_CONNECTION_LOSS": "0"}
+IO_WORKER_ENV = THREADS_WORKER_ENV
+
+
+@dataclass(frozen=True)
+class WorkerPlan:
+    """How a worker for some queues runs: its pool, concurrency and extra environment."""
+
+    queues: str
+    pool: str
+    concurrency: int
+    env: dict[str, str]
+
+
+def plan_worker(queues: str, *, concurrency: int | None = None, gpu_max_batch: int = 1) -> WorkerPlan:
+    """The pool for a set of queues.
+
+    - io alone: threads (webhook deliveries wait on the network, not the CPU);
+    - gpu alone with batching on (gpu_max_batch > 1): one process, a threads pool of
+      gpu_max_batch + 1 (one spare for encode), so generate tasks meet in the batcher; the model
+      is loaded once in that process, before it consumes;
+    - anything else: prefork (one process per slot; gpu: 1, loaded in the child after fork).
+    """
+    names = [q.strip() for q in queues.split(",") if q.strip()]
+    gpu = "gpu" in names
+    preload = {"PIXELMILL_PRELOAD_MODELS": "1"} if gpu else {}
+    if names == ["io"]:
+        return WorkerPlan(queues, "threads", concurrency or 8, dict(THREADS_WORKER_ENV))
+    if names == ["gpu"] and gpu_max_batch > 1:
+        return WorkerPlan(queues, "threads", concurrency or gpu_max_batch + 1, {**THREADS_WORKER_ENV, **preload})
+    return WorkerPlan(queues, "prefork", concurrency or (1 if gpu else 2), preload)
 
 
 @dataclass(frozen=True)
@@ -43,12 +73,19 @@ def web_argv(*, host: str, port: int, workers: int = 2) -> list[str]:
     ]
 
 
+def worker_spec(name: str, plan: WorkerPlan, env: dict[str, str]) -> ProcessSpec:
+    return ProcessSpec(name, worker_argv(queues=plan.queues, concurrency=plan.concurrency, pool=plan.pool),
+                       {**env, **plan.env})
+
+
 def stack_specs(*, host: str, port: int, cpu_concurrency: int, env: dict[str, str]) -> list[ProcessSpec]:
-    gpu_env = {**env, "PIXELMILL_PRELOAD_MODELS": "1"}
+    from tasks.settings import get_settings
+
+    gpu_max_batch = get_settings().gpu_max_batch
     return [
-        ProcessSpec("cpu", worker_argv(queues="cpu", concurrency=cpu_concurrency), env),
-        ProcessSpec("gpu", worker_argv(queues="gpu", concurrency=1), gpu_env),
-        ProcessSpec("io", worker_argv(queues="io", concurrency=8, pool="threads"), {**env, **IO_WORKER_ENV}),
+        worker_spec("cpu", plan_worker("cpu", concurrency=cpu_concurrency), env),
+        worker_spec("gpu", plan_worker("gpu", gpu_max_batch=gpu_max_batch), env),
+        worker_spec("io", plan_worker("io"), env),
         ProcessSpec("web", web_argv(host=host, port=port), env),
         ProcessSpec("reaper", [sys.executable, "-m", "workers.cli", "reaper"], env),
     ]

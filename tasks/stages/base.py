@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import random
+import time
 
 import numpy as np
 import redis
@@ -20,6 +21,7 @@ from safety.errors import SafetyError
 from safety.validate import decode_png, encode_png
 from tasks.errors import InvalidTransition, JobNotFound, PixelmillError
 from tasks.jobs import Job, JobStatus
+from tasks.metrics import record_stage
 from tasks.runtime import Runtime, get_runtime
 from workers.errors import EngineError, Interrupted
 
@@ -40,6 +42,7 @@ class StageResult:
     cache: dict[str, Any] | None = None  # what the latent cache did, shown on the job
     end: JobStatus | None = None
     audit: dict[str, Any] | None = None
+    device_s: float | None = None  # this job's share of device time when it shared it (a batch); else measured
 
 
 StageWork = Callable[[Job, Runtime], StageResult]
@@ -84,11 +87,12 @@ def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
             "(its worker was lost each time); giving up on this job — the input may crash the engine"))
         raise Ignore()
 
+    queue = (task.request.delivery_info or {}).get("routing_key")
     try:
-        job = rt.store.start_stage(job_id, stage, queue=(task.request.delivery_info or {}).get("routing_key"),
-                                   worker=task.request.hostname)
+        job = rt.store.start_stage(job_id, stage, queue=queue, worker=task.request.hostname)
     except InvalidTransition:  # canceled or failed a moment ago
         raise Ignore() from None
+    started = time.monotonic()
     try:
         result = work(job, rt)
     except TRANSIENT:
@@ -106,11 +110,16 @@ def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
         log.exception("%s: unexpected error on job %s", stage, job_id)
         _fail(rt, job_id, code="internal_error", message=f"{stage} failed unexpectedly: {type(e).__name__}: {e}")
     else:
+        wall_s = time.monotonic() - started
+        device_s = result.device_s if result.device_s is not None else wall_s  # what it used, cached or not
         try:
             rt.store.finish_stage(job_id, stage, outputs=result.outputs, cached=result.cached,
-                                  cache=result.cache, end=result.end, audit=result.audit)
+                                  cache=result.cache, end=result.end, audit=result.audit,
+                                  device_s=round(device_s, 4))
         except InvalidTransition:  # canceled while this stage ran: drop its output
             raise Ignore() from None
+        record_stage(rt.redis, stage=stage, queue=queue, seconds=wall_s, device_s=device_s,
+                     prices=rt.settings.price_per_hour)
         return
     raise Ignore()  # the job has failed: stop the chain here
 

@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from tasks.batching import GenerateRequest, generate_requests
 from tasks.caching import cache_scope, generation_key
 from tasks.celery_app import app
 from tasks.jobs import Job
@@ -42,20 +43,28 @@ def _generate(job: Job, rt: Runtime) -> StageResult:
                                cache={"tier": "results", "match": "exact"})
 
     latents, tier = rt.cache.fetch_latent(job.outputs["latent"], scope_token=scope.token, device=loaded.device)
-    with torch.inference_mode():
-        if latents is None:  # evicted, cleared or Redis was unavailable: recompute rather than fail
+    if latents is None:  # evicted, cleared or Redis was unavailable: recompute rather than fail
+        with torch.inference_mode():
             latents = engine.encode(load_image(rt, job.outputs["normalized"]))
-        image = engine.generate(latents, wanted, on_step=_progress_reporter(job, rt))
+    request = GenerateRequest(job_id=job.id, latents=latents, params=wanted, on_step=_progress_reporter(job, rt))
+    batcher = rt.generate_batcher()
+    cache_info = {"latent_tier": tier or "recomputed"}
+    if batcher is None:
+        image, device_s = generate_requests(loaded, [request])[0], None
+    else:  # shares one pipeline call with compatible requests running in this worker
+        batched = batcher.run(request)
+        image, device_s = batched.value, batched.share_s
+        cache_info["batch_size"] = batched.batch_size
     generated = save_image(rt, image)
     if key is not None:
         rt.cache.save_result(key, scope_token=scope.token, generated=generated, job_id=job.id)
-    return StageResult(outputs={"generated": generated}, cache={"latent_tier": tier or "recomputed"})
+    return StageResult(outputs={"generated": generated}, cache=cache_info, device_s=device_s)
 
 
 def _progress_reporter(job: Job, rt: Runtime):
     last = 0.0
 
-    def on_step(step: int, steps: int) -> bool:
+    def on_step(step: int, steps: int, latents: torch.Tensor) -> bool:
         """Report progress (throttled) and stop at this step if the job was canceled."""
         nonlocal last
         now = time.monotonic()

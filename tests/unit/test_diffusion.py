@@ -92,7 +92,7 @@ def test_decode_returns_an_image_of_the_input_size(engine: DiffusionEngine, late
 def test_on_step_reports_each_denoising_step(engine: DiffusionEngine, latents: torch.Tensor) -> None:
     calls: list[tuple[int, int]] = []
     params = replace(FAST, steps=10, strength=0.5)
-    engine.generate(latents, params, on_step=lambda done, total: calls.append((done, total)))
+    engine.generate(latents, params, on_step=lambda done, total, _latents: calls.append((done, total)))
     assert params.denoising_steps == 5
     assert calls == [(done, 5) for done in range(1, 6)]
 
@@ -100,7 +100,7 @@ def test_on_step_reports_each_denoising_step(engine: DiffusionEngine, latents: t
 def test_on_step_returning_true_interrupts(engine: DiffusionEngine, latents: torch.Tensor) -> None:
     calls: list[int] = []
 
-    def stop_at_two(done: int, total: int) -> bool:
+    def stop_at_two(done: int, total: int, _latents: torch.Tensor) -> bool:
         calls.append(done)
         return done == 2
 

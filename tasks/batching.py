@@ -1,0 +1,85 @@
+"""Dynamic batching of generate on a gpu worker: the worker runs generate tasks on a threads
+pool; each task thread hands its request to one GenerateBatcher per process and waits for its
+own image. Compatible requests (same latent size, steps, strength, guidance) share one pipeline
+call; every task still acks, records progress and fails on its own (acks-late per job)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from workers.batching import Batched, DynamicBatcher
+from workers.diffusion import GenerateParams
+from workers.residency import LoadedDiffusion
+
+GENERATE_TASK = "pixelmill.generate"
+
+# on_step(done, total, latents) → stop?: a request's own progress reporter, given its own latents.
+StepReporter = Callable[[int, int, torch.Tensor], bool]
+
+
+@dataclass(frozen=True, eq=False)
+class GenerateRequest:
+    job_id: str
+    latents: torch.Tensor  # (1, 4, h, w)
+    params: GenerateParams
+    on_step: StepReporter | None = None
+
+    def batch_key(self) -> Hashable:
+        return (tuple(self.latents.shape), self.params.batch_key())
+
+
+def generate_requests(loaded: LoadedDiffusion, requests: list[GenerateRequest]) -> list[np.ndarray]:
+    """Run requests as one pipeline call; each reporter sees its own slice of the latents. The
+    batch stops early only when every member asks to (all canceled); a member canceled alone
+    finishes with its batch and its output is dropped when its stage tries to finish."""
+
+    def on_step(done: int, total: int, latents: torch.Tensor) -> bool:
+        stops = [r.on_step(done, total, latents[i:i + 1]) if r.on_step else False for i, r in enumerate(requests)]
+        return all(stops)
+
+    with torch.inference_mode():
+        return loaded.engine.generate_batch([r.latents for r in requests], [r.params for r in requests],
+                                            on_step=on_step)
+
+
+def generate_requests_in_worker() -> int:
+    """Generate requests this worker has taken from the broker (running or about to run)."""
+    from celery.worker import state
+
+    return sum(1 for request in list(state.reserved_requests) if request.name == GENERATE_TASK)
+
+
+class GenerateBatcher:
+    """One per worker process: a DynamicBatcher of GenerateRequests over the resident model."""
+
+    def __init__(self, load: Callable[[], LoadedDiffusion], *, max_batch: int, max_wait_s: float,
+                 expected: Callable[[], int] | None = None) -> None:
+        self._load = load
+        self._batcher: DynamicBatcher[GenerateRequest, np.ndarray] = DynamicBatcher(
+            self._run, key=GenerateRequest.batch_key, max_batch=max_batch, max_wait_s=max_wait_s,
+            expected=expected or self._on_their_way, name="pixelmill-generate-batcher")
+
+    @property
+    def max_batch(self) -> int:
+        return self._batcher.max_batch
+
+    @property
+    def max_wait_s(self) -> float:
+        return self._batcher.max_wait_s
+
+    def run(self, request: GenerateRequest) -> Batched[np.ndarray]:
+        """Block until ``request``'s image is made (in some batch); raise what making it raised."""
+        return self._batcher.run(request)
+
+    def close(self) -> None:
+        self._batcher.close()
+
+    def _run(self, requests: list[GenerateRequest]) -> list[np.ndarray]:
+        return generate_requests(self._load(), requests)
+
+    def _on_their_way(self) -> int:
+        return generate_requests_in_worker() - self._batcher.in_flight

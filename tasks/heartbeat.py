@@ -1,0 +1,120 @@
+"""Worker heartbeats: every worker process that runs stages says, every few seconds, what it
+serves and what it holds (model, dtype, device, memory), in a Redis key with a short TTL.
+
+A process that dies stops refreshing its key and drops out of ``fetch_workers`` within
+``TTL_S``. The dashboard, ``/api/v1/stats`` and ``/metrics`` read these keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+
+from tasks.store import key_for
+
+log = logging.getLogger(__name__)
+
+INTERVAL_S = 5.0
+TTL_S = 20
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    hostname: str
+    pid: int
+    queues: list[str]
+    pool: str
+    concurrency: int
+    state: str  # "warming" while models load and warm up, then "ready"
+    device: str | None = None
+    dtype: str | None = None
+    model: str | None = None
+    memory: dict[str, int] = field(default_factory=dict)
+    batching: dict[str, int] | None = None
+    started_at: float = 0.0
+    seen_at: float = 0.0
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> WorkerInfo:
+        data = json.loads(raw)
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def worker_key(hostname: str, pid: int) -> str:
+    return key_for("worker", f"{hostname}:{pid}")
+
+
+def fetch_workers(client: redis.Redis) -> list[WorkerInfo]:
+    """The worker processes seen in the last ``TTL_S`` seconds, by hostname then pid."""
+    keys = list(client.scan_iter(match=key_for("worker", "*"), count=500))
+    infos = [WorkerInfo.from_json(raw) for raw in client.mget(keys) if raw is not None] if keys else []
+    return sorted(infos, key=lambda w: (w.hostname, w.pid))
+
+
+def memory_in_use(device: str | None) -> dict[str, int]:
+    """Resident memory of this process, and on CUDA what torch has allocated and reserved."""
+    memory: dict[str, int] = {}
+    try:
+        with open("/proc/self/statm") as f:
+            memory["rss_bytes"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        memory["rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if device and device.startswith("cuda"):
+        import torch
+
+        if torch.cuda.is_initialized():
+            memory["cuda_allocated_bytes"] = int(torch.cuda.memory_allocated(device))
+            memory["cuda_reserved_bytes"] = int(torch.cuda.memory_reserved(device))
+    return memory
+
+
+class Heartbeat:
+    """A daemon thread that publishes ``describe()`` every ``INTERVAL_S`` seconds."""
+
+    def __init__(self, client: redis.Redis, describe: Callable[[], dict[str, Any]], *,
+                 hostname: str, interval_s: float = INTERVAL_S, ttl_s: int = TTL_S) -> None:
+        self.client = client
+        self.describe = describe
+        self.hostname = hostname
+        self.pid = os.getpid()
+        self.interval_s = interval_s
+        self.ttl_s = ttl_s
+        self.started_at = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pixelmill-heartbeat", daemon=True)
+
+    def start(self) -> Heartbeat:
+        self.beat()
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        try:
+            self.client.delete(worker_key(self.hostname, self.pid))
+        except redis.RedisError:
+            pass
+
+    def beat(self) -> None:
+        """Publish now (also called on a state change, so the dashboard sees it at once)."""
+        fields = self.describe()
+        info = WorkerInfo(hostname=self.hostname, pid=self.pid, started_at=self.started_at, seen_at=time.time(),
+                          memory=memory_in_use(fields.get("device")), **fields)
+        try:
+            self.client.set(worker_key(self.hostname, self.pid), json.dumps(asdict(info)), ex=self.ttl_s)
+        except redis.RedisError as e:  # Redis away: the next beat tries again
+            log.debug("heartbeat not sent: %s", e)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.beat()

@@ -1,0 +1,98 @@
+"""A worker process's life: learn what it serves, load and warm its models before it takes
+work (in the child after fork for prefork pools — CUDA is never touched in the parent), then
+say what it holds in a heartbeat until it stops."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from tasks.heartbeat import Heartbeat
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerContext:
+    hostname: str
+    queues: tuple[str, ...]
+    pool: str  # "prefork", "threads", "solo", …
+    concurrency: int
+
+    @property
+    def batches_generate(self) -> bool:
+        """One process runs many generate tasks at once (a threads pool on the gpu queue), so
+        they can share pipeline calls. A prefork child runs one task at a time: nothing to batch."""
+        return self.pool == "threads" and "gpu" in self.queues and self.concurrency > 1
+
+
+_context: WorkerContext | None = None
+_heartbeat: Heartbeat | None = None
+_state = "warming"
+
+
+def pool_name(pool_cls: Any) -> str:
+    """"prefork", "threads", "solo", … from what Celery's worker holds (an alias or a class)."""
+    if isinstance(pool_cls, str):  # an alias from the configuration
+        return pool_cls
+    module = getattr(pool_cls, "__module__", "")
+    return {"celery.concurrency.prefork": "prefork", "celery.concurrency.thread": "threads",
+            "celery.concurrency.solo": "solo", "celery.concurrency.gevent": "gevent",
+            "celery.concurrency.eventlet": "eventlet"}.get(module, module or "unknown")
+
+
+def on_worker_init(*, hostname: str, queues: list[str], pool_cls: Any, concurrency: int) -> None:
+    """In the worker's main process, before any pool exists."""
+    global _context
+    _context = WorkerContext(hostname=hostname, queues=tuple(sorted(queues)), pool=pool_name(pool_cls),
+                             concurrency=concurrency)
+    if _context.pool != "prefork":  # this very process runs the tasks: load here, before consuming
+        start_process()
+
+
+def context() -> WorkerContext | None:
+    return _context
+
+
+def start_process() -> None:
+    """Load and warm this process's models, with a heartbeat saying "warming" then "ready"."""
+    global _heartbeat, _state
+    if _heartbeat is not None:  # solo pools send both signals
+        return
+    from tasks.runtime import get_runtime
+
+    rt = get_runtime()
+    hostname = _context.hostname if _context else "unknown"
+    _heartbeat = Heartbeat(rt.redis, describe, hostname=hostname).start()
+    try:
+        rt.warm_up(batching=bool(_context and _context.batches_generate))
+    finally:
+        _state = "ready"
+        _heartbeat.beat()
+
+
+def stop_process() -> None:
+    if _heartbeat is not None:
+        _heartbeat.stop()
+
+
+def describe() -> dict[str, Any]:
+    """What this process serves and holds, for its heartbeat."""
+    from tasks.runtime import get_runtime
+
+    rt = get_runtime()
+    ctx = _context
+    fields: dict[str, Any] = {
+        "queues": list(ctx.queues) if ctx else [],
+        "pool": ctx.pool if ctx else "unknown",
+        "concurrency": ctx.concurrency if ctx else 1,
+        "state": _state,
+    }
+    loaded = rt.loaded_diffusion()
+    if loaded is not None:
+        fields.update(device=loaded.device, dtype=loaded.dtype_name, model=loaded.engine.model)
+    batcher = rt.loaded_batcher()
+    if batcher is not None:
+        fields["batching"] = {"max_batch": batcher.max_batch, "max_wait_ms": round(batcher.max_wait_s * 1000)}
+    return fields
