@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test test-unit test-integration test-e2e test-faults tiny-model bench bench-pipeline bench-cache clean
+.PHONY: install test-deps run test test-unit test-integration test-e2e test-faults tiny-model bench bench-pipeline bench-cache clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,19 +17,27 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# What the tests need beyond the venv: Debian's chromium (browser test) and prometheus (promtool),
+# installed when missing (needs root), and the compose-spec JSON schema, fetched into .cache/.
+test-deps: install .cache/compose-spec.json
+	@bash scripts/install-system-deps.sh
+
+.cache/compose-spec.json: scripts/fetch_compose_schema.py | $(BIN)/python
+	$(BIN)/python scripts/fetch_compose_schema.py --force
+
 run: install  ## start Redis (unless PIXELMILL_REDIS_URL is set), workers and the web server
 	$(BIN)/pixelmill up
 
-test: install  ## unit, integration (private Redis, real workers), end-to-end and fault-injection tests
+test: test-deps  ## unit, integration (private Redis, real workers), end-to-end and fault-injection tests
 	$(BIN)/python -m pytest
 
-test-unit: install
+test-unit: test-deps
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: install
+test-integration: test-deps
 	$(BIN)/python -m pytest tests/integration
 
-test-e2e: install
+test-e2e: test-deps
 	$(BIN)/python -m pytest tests/e2e
 
 test-faults: install  ## fault injection only: killed workers, Redis restart, cancel, reaper (Redis and RabbitMQ brokers)
@@ -48,4 +56,4 @@ tiny-model: install  ## a tiny random-weight SD pipeline under var/models/tiny, 
 	@echo "now: PIXELMILL_DIFFUSION_MODEL=var/models/tiny make run"
 
 clean:
-	rm -rf $(VENV) var .pytest_cache
+	rm -rf $(VENV) var .pytest_cache .cache

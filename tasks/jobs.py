@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any, Literal
 
@@ -63,19 +63,21 @@ class JobParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    engine: Engine = "style"
-    style: StyleName = "cartoon"
-    style_strength: float = Field(1.0, ge=0.0, le=1.0)
-    prompt: str = Field("", max_length=1000)
-    negative_prompt: str = Field("", max_length=1000)
-    strength: float = Field(0.6, gt=0.0, le=1.0)
-    steps: int = Field(20, ge=1, le=150)
-    guidance: float = Field(7.5, ge=0.0, le=30.0)
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    size: int = Field(512, ge=64, le=2048)
-    upscale: Literal[1, 2, 4] = 1
-    sharpen: bool = False
-    local_contrast: bool = False
+    engine: Engine = Field("style", description="style: classical filters (fast, CPU); diffusion: img2img "
+                                                "with the prompt")
+    style: StyleName = Field("cartoon", description="the look, for the style engine")
+    style_strength: float = Field(1.0, ge=0.0, le=1.0, description="style engine: 0 keeps the input, 1 the full style")
+    prompt: str = Field("", max_length=1000, description="diffusion: what the result should show")
+    negative_prompt: str = Field("", max_length=1000, description="diffusion: what it should not")
+    strength: float = Field(0.6, gt=0.0, le=1.0, description="diffusion: how far from the input (noise added)")
+    steps: int = Field(20, ge=1, le=150, description="diffusion: denoising steps (steps × strength run)")
+    guidance: float = Field(7.5, ge=0.0, le=30.0, description="diffusion: how closely to follow the prompt")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="for a reproducible result; one is chosen "
+                                                                   "and recorded when left out")
+    size: int = Field(512, ge=64, le=2048, description="the longer side the input is brought to, in pixels")
+    upscale: Literal[1, 2, 4] = Field(1, description="enhance: enlarge the result by this factor")
+    sharpen: bool = Field(False, description="enhance: sharpen the result")
+    local_contrast: bool = Field(False, description="enhance: local contrast (CLAHE)")
 
     @model_validator(mode="after")
     def _enough_steps(self) -> "JobParams":
@@ -98,6 +100,7 @@ class StageRecord:
     cache: dict[str, Any] | None = None  # how the latent cache served it: tier, match, … (cache.service)
     queue: str | None = None
     worker: str | None = None
+    device_s: float | None = None  # the worker-process time it used (its share, when batched): what it costs
 
 
 @dataclass
@@ -139,8 +142,11 @@ class Job:
         return self.expires_at is not None and (now or time.time()) > self.expires_at
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
+        """A JSON-ready dict, shallow: nested dicts (params, outputs, audit) are shared, not copied
+        (dataclasses.asdict deep-copies them, which made it the hottest call of a stage)."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
         data["status"] = self.status.value
+        data["stages"] = {name: dict(vars(record)) for name, record in self.stages.items()}
         return data
 
     @classmethod

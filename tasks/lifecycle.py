@@ -63,6 +63,10 @@ def start_process() -> None:
     from tasks.runtime import get_runtime
 
     rt = get_runtime()
+    if rt.settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(rt.settings.torch_threads)
     hostname = _context.hostname if _context else "unknown"
     _heartbeat = Heartbeat(rt.redis, describe, hostname=hostname).start()
     try:

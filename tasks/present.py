@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from tasks.cost import job_cost, per_image, total_cost
 from tasks.jobs import Batch, Job, JobStatus
-from tasks.settings import STAGES
+from tasks.settings import STAGES, get_settings
 
 
-def job_payload(job: Job, *, progress: dict[str, Any] | None = None, base_url: str = "") -> dict[str, Any]:
+def job_payload(job: Job, *, progress: dict[str, Any] | None = None, base_url: str = "",
+                prices: Mapping[str, float] | None = None) -> dict[str, Any]:
     api = f"{base_url}/api/v1/jobs/{job.id}"
     links = {"self": api, "page": f"{base_url}/jobs/{job.id}", "input": f"{api}/input"}
     if job.status is JobStatus.SUCCEEDED:
@@ -32,6 +35,7 @@ def job_payload(job: Job, *, progress: dict[str, Any] | None = None, base_url: s
         "stages": {name: _stage_payload(job, name) for name in STAGES},
         "audit": job.audit,
         "error": job.error,
+        "cost": job_cost(job, _prices(prices)).to_dict(),  # tasks.cost: device-seconds priced per queue
         "links": links,
     }
 
@@ -61,6 +65,7 @@ def _stage_payload(job: Job, name: str) -> dict[str, Any]:
         "cache": record.cache,
         "cache_label": cache_label(record.cached, record.cache),
         "seconds": record.seconds,
+        "device_s": record.device_s,
         "attempts": record.attempts,
         "queue": record.queue,
         "worker": record.worker,
@@ -98,5 +103,17 @@ def batch_payload(batch: Batch, jobs: list[Job], *, base_url: str = "") -> dict[
         "done": done,
         "counts": counts,
         "jobs": [job_payload(job, base_url=base_url) for job in jobs],
+        "cost": _batch_cost(jobs),
         "links": {"self": f"{base_url}/api/v1/batches/{batch.id}", "page": f"{base_url}/batches/{batch.id}"},
     }
+
+
+def _prices(prices: Mapping[str, float] | None) -> Mapping[str, float]:
+    return get_settings().price_per_hour if prices is None else prices
+
+
+def _batch_cost(jobs: list[Job]) -> dict[str, Any]:
+    """The batch's spend so far, and per delivered image (spend ÷ succeeded jobs)."""
+    total = total_cost(job_cost(job, _prices(None)) for job in jobs)
+    images = sum(1 for job in jobs if job.status is JobStatus.SUCCEEDED)
+    return total.to_dict() | {"images": images, "per_image_usd": per_image(total.usd, images)}

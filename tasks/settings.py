@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     dtype: str = Field("auto", description="auto (fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16")
     preload_models: bool = Field(False, description="load (and warm up) the diffusion model when a worker "
                                                     "process starts, before it takes work")
+    torch_threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads per worker "
+                                                                     "process; unset: torch's default (all cores). "
+                                                                     "Set 1 when several workers share a small CPU")
     attention: Literal["sdpa", "math"] = Field("sdpa", description="sdpa: torch scaled_dot_product_attention "
                                                                  "(flash/memory-efficient kernels); math: plain")
     channels_last: bool = Field(False, description="UNet and VAE in channels_last memory format (GPU convs)")
@@ -128,6 +131,9 @@ class Settings(BaseSettings):
                     "Defaults are a ballpark of cloud list prices (a vCPU-heavy process ~0.10, one "
                     "A10/L4-class GPU ~2.50, a thread of an io worker ~0.02); set your own, e.g. "
                     'PIXELMILL_PRICE_PER_HOUR=\'{"cpu": 0.08, "gpu": 1.9, "io": 0.01}\'')
+    metrics_token: str | None = Field(None, description="when set, GET /metrics answers only requests with "
+                                                        "'Authorization: Bearer <token>' (Prometheus' "
+                                                        "authorization.credentials)")
 
     def broker(self) -> str:
         return self.broker_url or self.redis_url

@@ -13,6 +13,8 @@ import redis
 from tasks.errors import InvalidTransition, JobNotFound
 from tasks.events import JobEvent, job_events, stage_events
 from tasks.jobs import STAGE_STATUS, Batch, Job, JobStatus, can_move
+from tasks.metrics import count_created, count_transition
+from tasks import live
 
 PREFIX = "pixelmill"
 
@@ -62,6 +64,7 @@ class JobStore:
             pipe.zadd(key_for("recent", job.tenant), {job.id: job.created_at})
             pipe.zremrangebyrank(key_for("recent", job.tenant), 0, -1001)
             pipe.sadd(key_for("active", job.tenant), job.id)
+            count_created(pipe, [job])
             pipe.execute()
         return job
 
@@ -72,6 +75,7 @@ class JobStore:
                 pipe.zadd(key_for("recent", job.tenant), {job.id: job.created_at})
                 pipe.sadd(key_for("active", job.tenant), job.id)
             pipe.set(key_for("batch", batch.id), json.dumps(batch.to_dict()), ex=self.ttl_s)
+            count_created(pipe, jobs)
             pipe.execute()
         return batch
 
@@ -89,7 +93,7 @@ class JobStore:
 
     def finish_stage(self, job_id: str, stage: str, *, outputs: dict[str, str], cached: bool = False,
                      cache: dict[str, Any] | None = None, end: JobStatus | None = None,
-                     audit: dict[str, Any] | None = None) -> Job:
+                     audit: dict[str, Any] | None = None, device_s: float | None = None) -> Job:
         """Mark a stage done and record its outputs: the done marker a re-run checks first.
 
         The last stage passes ``end`` (succeeded or blocked) so that its done marker and the
@@ -107,11 +111,10 @@ class JobStore:
             record.finished_at = time.time()
             record.seconds = round(record.finished_at - (record.started_at or record.finished_at), 4)
             record.done, record.cached, record.cache = True, cached, cache
+            record.device_s = device_s
             job.outputs.update(outputs)
 
-        job = self._update(job_id, change)
-        self.redis.delete(key_for("progress", job_id))
-        return job
+        return self._update(job_id, change, also=lambda pipe: pipe.delete(key_for("progress", job_id)))
 
     def fail(self, job_id: str, *, code: str, message: str) -> Job:
         return self._finish(job_id, JobStatus.FAILED, error={"code": code, "message": message})
@@ -133,7 +136,27 @@ class JobStore:
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping={"stage": stage, "step": step, "steps": steps, "at": int(time.time())})
             pipe.expire(key, self.ttl_s)
+            live.stage_progress(pipe, job_id, batch_id=live.batch_of(self.redis, job_id, key_for("job", job_id)),
+                                stage=stage, step=step, steps=steps)
             pipe.execute()
+
+    def save_preview(self, job_id: str, png: bytes, *, step: int | None = None, steps: int | None = None) -> bool:
+        """Keep a small live preview PNG (workers.preview) for a short while and tell viewers.
+        Best effort: a Redis error is logged and False returned, never raised into the run."""
+        if len(png) > live.PREVIEW_MAX_BYTES:
+            raise ValueError(f"a preview is {len(png)} bytes; keep it under {live.PREVIEW_MAX_BYTES} "
+                             "(workers.preview.preview_png with max_side=128 gives a few KB)")
+        try:
+            self.redis.set(key_for("preview", job_id), png, ex=live.PREVIEW_TTL_S)
+            live.publish_preview(self.redis, job_id, step=step, steps=steps,
+                                 batch_id=live.batch_of(self.redis, job_id, key_for("job", job_id)))
+        except redis.RedisError as e:
+            live.log.warning("live: could not save the preview of job %s: %s", job_id, e)
+            return False
+        return True
+
+    def fetch_preview(self, job_id: str) -> bytes | None:
+        return self.redis.get(key_for("preview", job_id))
 
     # --- internals ------------------------------------------------------------------------
     def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> Job:
@@ -145,7 +168,9 @@ class JobStore:
 
         return self._update(job_id, change)
 
-    def _update(self, job_id: str, change: Callable[[Job], None]) -> Job:
+    def _update(self, job_id: str, change: Callable[[Job], None],
+                also: Callable[[redis.client.Pipeline], None] | None = None) -> Job:
+        """Apply ``change`` to the job in one WATCH/MULTI transaction; ``also`` adds commands to it."""
         key = key_for("job", job_id)
         with self.redis.pipeline() as pipe:
             while True:
@@ -157,7 +182,7 @@ class JobStore:
                     job = Job.from_dict(json.loads(raw))
                     before = job.status
                     change(job)
-                    job.updated_at = time.time()
+                    job.updated_at = max(time.time(), job.updated_at + 1e-6)  # never backwards (clock skew): live viewers order by it
                     events = job_events(before, job)  # written in this same transaction: never lost
                     batch_size = self._batch_size(pipe, job) if events and job.status.is_terminal() else 0
                     pipe.multi()
@@ -165,6 +190,10 @@ class JobStore:
                     if job.status.is_terminal():
                         pipe.srem(key_for("active", job.tenant), job.id)
                     stage_events(pipe, job, events, batch_size=batch_size, ttl_s=self.ttl_s)
+                    count_transition(pipe, before, job)  # tasks.metrics: state gauges, terminal counters
+                    live.stage_job(pipe, job)  # PUBLISH inside MULTI: sent at EXEC, in commit order; never raises
+                    if also is not None:
+                        also(pipe)
                     pipe.execute()
                     break
                 except redis.WatchError:

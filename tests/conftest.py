@@ -34,6 +34,10 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["PIXELMILL_DATA_DIR"] = str(SESSION_DIR / "data")
     os.environ["PIXELMILL_DIFFUSION_MODEL"] = str(SESSION_DIR / "tiny-sd")
     os.environ["PIXELMILL_GPU_MAX_BATCH"] = str(GPU_MAX_BATCH)
+    # Several worker processes and the test process share a small CPU: one torch thread each
+    # (two OpenMP threads per process on an oversubscribed machine ran the tiny model ~5× slower).
+    os.environ["PIXELMILL_TORCH_THREADS"] = "1"
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ["PIXELMILL_MAX_OUTPUT_PIXELS"] = "5000000"  # small, so a test can trip it cheaply
     # One tenant submits for the whole session: its per-minute limit must not trip across tests
     # (the tests of the limit build their own app with a small one).

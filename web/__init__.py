@@ -8,6 +8,9 @@ from flask import Flask
 
 from tasks.settings import Settings, get_settings
 from web import api, auth, cache_api, errors, keys, ops, ui, webhook_pages, webhooks
+from web import dashboard
+from web import live
+from web import openapi
 from web.extensions import pixelmill
 
 
@@ -26,5 +29,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(keys.bp)
     app.register_blueprint(webhooks.bp)
     app.register_blueprint(webhook_pages.bp)
+    app.register_blueprint(dashboard.bp)
+    app.register_blueprint(live.bp)  # Server-Sent Events: /api/v1/jobs/<id>/events, …
+    app.register_blueprint(openapi.bp)  # /api/v1/openapi.json and /api/docs
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return app

@@ -10,7 +10,7 @@ from tasks.jobs import JobStatus
 from tasks.present import batch_payload, job_payload
 from tasks.submit import submit_batch, submit_job
 from web.extensions import base_url, current_tenant, fetch_batch, fetch_job, pixelmill
-from web.forms import read_deadline, read_params, read_uploads
+from web.forms import JobListQuery, read_deadline, read_params, read_query, read_uploads, require_multipart
 from web.webhooks import webhook_info, webhook_subscription
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -34,6 +34,7 @@ class ResultBlocked(PixelmillError):
 @bp.post("/jobs")
 def create_job():
     rt = pixelmill.runtime
+    require_multipart(request, field="image")
     params = read_params(request, strict=True)
     (upload,) = read_uploads(request, field="image", max_files=1)
     with webhook_subscription(request, default_events=JOB_EVENTS) as webhook:
@@ -51,8 +52,8 @@ def create_job():
 
 @bp.get("/jobs")
 def list_jobs():
-    limit = min(max(request.args.get("limit", 50, type=int), 1), 200)
-    jobs = pixelmill.runtime.store.recent(current_tenant(), limit=limit)
+    query = read_query(request, JobListQuery)
+    jobs = pixelmill.runtime.store.recent(current_tenant(), limit=query.limit)
     return jsonify(jobs=[job_payload(job, base_url=base_url()) for job in jobs])
 
 
@@ -92,6 +93,7 @@ def job_input(job_id: str):
 @bp.post("/batches")
 def create_batch():
     rt = pixelmill.runtime
+    require_multipart(request, field="images")
     params = read_params(request, strict=True)
     uploads = read_uploads(request, field="images", max_files=rt.settings.max_batch_files)
     with webhook_subscription(request, default_events=EVENT_TYPES) as webhook:

@@ -16,7 +16,7 @@ from web.extensions import pixelmill
 
 bp = Blueprint("auth", __name__)
 
-OPEN_ENDPOINTS = {"auth.login", "ops.healthz", "static"}
+OPEN_ENDPOINTS = {"auth.login", "ops.healthz", "ops.metrics", "static", "openapi.spec", "openapi.docs"}  # metrics: PIXELMILL_METRICS_TOKEN guards it
 SECURE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",

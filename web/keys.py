@@ -5,10 +5,20 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from flask import Blueprint, jsonify, request
+from pydantic import BaseModel, ConfigDict, Field
 
 from web.extensions import current_tenant, pixelmill
+from web.forms import read_json_body
 
 bp = Blueprint("keys", __name__, url_prefix="/api/v1/keys")
+
+
+class KeyCreate(BaseModel):
+    """POST /api/v1/keys (JSON or form fields)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("", max_length=100, description="a label to tell keys apart, e.g. where it is used")
 
 
 @bp.get("")
@@ -19,8 +29,8 @@ def list_keys():
 
 @bp.post("")
 def create_key():
-    name = (request.get_json(silent=True) or {}).get("name", "") or request.form.get("name", "")
-    key, plaintext = pixelmill.runtime.tenants.create_key(tenant=current_tenant(), name=str(name)[:100])
+    body = KeyCreate.model_validate(read_json_body(request))
+    key, plaintext = pixelmill.runtime.tenants.create_key(tenant=current_tenant(), name=body.name)
     return jsonify({**asdict(key), "key": plaintext, "note": "store this key now: it is not shown again"}), 201
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hmac
+
 import redis
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, jsonify, request
+from prometheus_client.exposition import choose_encoder
 
 from web.extensions import pixelmill
 
@@ -18,3 +21,17 @@ def healthz():
     except redis.RedisError as e:
         return jsonify(status="unavailable", redis=f"unreachable: {e}"), 503
     return jsonify(status="ok", redis="ok")
+
+
+@bp.get("/metrics")
+def metrics():
+    """Prometheus metrics, read from Redis and the broker at scrape time (web.prometheus)."""
+    from tasks.celery_app import app as celery_app
+    from web.prometheus import registry_for
+
+    token = pixelmill.runtime.settings.metrics_token
+    if token and not hmac.compare_digest(request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
+        return Response("send the metrics token as 'Authorization: Bearer <PIXELMILL_METRICS_TOKEN>'\n", status=401,
+                        content_type="text/plain; charset=utf-8", headers={"WWW-Authenticate": "Bearer"})
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    return Response(encode(registry_for(pixelmill.runtime, celery=celery_app)), content_type=content_type)

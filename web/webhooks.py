@@ -16,7 +16,7 @@ from tasks.webhooks.endpoints import Subscribed
 from tasks.webhooks.models import EndpointCreate
 from tasks.webhooks.tasks import enqueue_delivery
 from web.extensions import current_tenant, pixelmill
-from web.forms import BadRequest, read_webhook
+from web.forms import DeliveryListQuery, read_json_body, read_query, read_webhook
 
 bp = Blueprint("webhooks", __name__, url_prefix="/api/v1")
 
@@ -33,7 +33,7 @@ class RotateRequest(BaseModel):
 @bp.post("/webhooks")
 def create_endpoint():
     rt = pixelmill.runtime
-    body = EndpointCreate.model_validate(_json_body())
+    body = EndpointCreate.model_validate(read_json_body(request))
     endpoint, secret = service.create_endpoint(rt.webhooks, rt.settings, tenant=current_tenant(), request=body)
     response = jsonify({**endpoint.public(), "secret": secret, "note": SECRET_NOTE})
     response.status_code = 201
@@ -61,7 +61,7 @@ def delete_endpoint(endpoint_id: str):
 @bp.post("/webhooks/<endpoint_id>/rotate")
 def rotate_secret(endpoint_id: str):
     rt = pixelmill.runtime
-    body = RotateRequest.model_validate(_json_body())
+    body = RotateRequest.model_validate(read_json_body(request))
     endpoint, secret = service.rotate_secret(rt.webhooks, rt.settings, tenant=current_tenant(),
                                              endpoint_id=endpoint_id, overlap_s=body.overlap_seconds)
     return jsonify({**endpoint.public(), "secret": secret, "note": SECRET_NOTE})
@@ -76,15 +76,15 @@ def enable_endpoint(endpoint_id: str):
 @bp.get("/webhooks/<endpoint_id>/deliveries")
 def endpoint_deliveries(endpoint_id: str):
     _endpoint(endpoint_id)
-    limit = min(max(request.args.get("limit", 100, type=int), 1), 1000)
-    deliveries = pixelmill.runtime.webhooks.deliveries_for_endpoint(endpoint_id, limit=limit)
+    query = read_query(request, DeliveryListQuery)
+    deliveries = pixelmill.runtime.webhooks.deliveries_for_endpoint(endpoint_id, limit=query.limit)
     return jsonify(deliveries=[d.detail() for d in deliveries])
 
 
 @bp.get("/deliveries/dead")
 def dead_letters():
-    limit = min(max(request.args.get("limit", 100, type=int), 1), 1000)
-    deliveries = pixelmill.runtime.webhooks.dead_letters(current_tenant(), limit=limit)
+    query = read_query(request, DeliveryListQuery)
+    deliveries = pixelmill.runtime.webhooks.dead_letters(current_tenant(), limit=query.limit)
     return jsonify(deliveries=[d.detail() for d in deliveries])
 
 
@@ -140,16 +140,3 @@ def webhook_info(subject_id: str) -> dict[str, Any]:
 
 def _endpoint(endpoint_id: str):
     return service.fetch_endpoint(pixelmill.runtime.webhooks, tenant=current_tenant(), endpoint_id=endpoint_id)
-
-
-def _json_body() -> dict[str, Any]:
-    if not request.data and not request.form:
-        return {}
-    data = request.get_json(silent=True)
-    if data is None:
-        if request.form:
-            return {k: v for k, v in request.form.items() if k != "csrf_token"}
-        raise BadRequest("send a JSON object (Content-Type: application/json)")
-    if not isinstance(data, dict):
-        raise BadRequest("the body must be a JSON object")
-    return data

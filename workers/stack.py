@@ -65,10 +65,19 @@ def worker_argv(*, queues: str, concurrency: int, pool: str = "prefork", name: s
     ]
 
 
+# gthread: a live viewer (Server-Sent Events, web/live.py) holds one thread for as long as it
+# watches, blocked on a queue: idle, with no CPU, a small stack, and one Redis subscription per
+# process whatever the number of viewers. 64 threads per process lets web/live.py stream to 48
+# viewers (MAX_STREAMS_PER_PROCESS) and keep 16 for pages and the API; 2 processes = 96 viewers.
+# gevent would take thousands but monkey-patches sockets under redis-py, Celery and torch.
+WEB_THREADS = 64
+
+
 def web_argv(*, host: str, port: int, workers: int = 2) -> list[str]:
     return [
         sys.executable, "-m", "gunicorn", "--bind", f"{host}:{port}", "--workers", str(workers),
-        "--threads", "4", "--timeout", "120", "--graceful-timeout", "10", "--access-logfile", "-",
+        "--worker-class", "gthread", "--threads", str(WEB_THREADS),
+        "--timeout", "120", "--graceful-timeout", "10", "--access-logfile", "-",
         "web:create_app()",
     ]
 

@@ -13,6 +13,7 @@ from tasks.jobs import Job
 from tasks.runtime import Runtime
 from tasks.stages.base import StageResult, load_image, run_stage, save_image
 from workers.diffusion import GenerateParams
+from workers.preview import preview_png
 from workers.styles import apply_style
 
 PROGRESS_EVERY_S = 0.25
@@ -70,6 +71,8 @@ def _progress_reporter(job: Job, rt: Runtime):
         now = time.monotonic()
         if step == steps or now - last >= PROGRESS_EVERY_S:
             rt.store.save_progress(job.id, stage="generate", step=step, steps=steps)
+            if step < steps:  # a cheap latent→RGB preview (no VAE) for live viewers
+                rt.store.save_preview(job.id, preview_png(latents), step=step, steps=steps)
             last = now
         return rt.store.is_canceled(job.id)
 

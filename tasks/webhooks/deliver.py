@@ -23,6 +23,7 @@ import redis
 
 from safety.outbound import (CheckedTarget, OutboundError, OutboundRefused, Response, UnresolvableHost, check_url,
                              post)
+from tasks.metrics import record_webhook
 from tasks.settings import Settings
 from tasks.webhooks import signing
 from tasks.webhooks.endpoints import disable_endpoint
@@ -210,6 +211,7 @@ def _finish(store: WebhookStore, delivery: Delivery, *, verdict: Verdict, attemp
             d.next_attempt_at = now + (verdict.retry_in or 0)
 
     updated = store.update_delivery(delivery.id, change) or delivery
+    record_webhook(store.redis, verdict.outcome)  # tasks.metrics: deliveries by outcome
     if verdict.disable:
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         disable_endpoint(store, delivery.endpoint_id, reason=f"answered 410 Gone at {when}")

@@ -5,11 +5,9 @@ then stop it with Ctrl-C and check every process is gone."""
 from __future__ import annotations
 
 import io
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,46 +16,14 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.conftest import ROOT, encode, photo, wait_for_job
-from workers.redis_server import free_port
+from tests.conftest import encode, photo, wait_for_job
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("stack")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELMILL_")}  # nothing preset: own Redis
-    log = (data_dir / "stack.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", "up", "--port", str(port), "--data-dir", str(data_dir)],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(base, proc, log_path=data_dir / "stack.log")
-    except BaseException:
-        proc.send_signal(signal.SIGINT)  # never leave a half-started stack behind
-        proc.wait(timeout=60)
-        raise
-    yield base, proc, data_dir
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=60)
-
-
-def _wait_healthy(base: str, proc: subprocess.Popen, *, log_path: Path, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        assert proc.poll() is None, log_path.read_text()
-        try:
-            if requests.get(f"{base}/healthz", timeout=5).ok:
-                return
-        except requests.RequestException:
-            pass
-        assert time.monotonic() < deadline, log_path.read_text()
-        time.sleep(0.5)
+@pytest.fixture
+def stack(e2e_stack):
+    return e2e_stack.base, e2e_stack.proc, e2e_stack.data_dir
 
 
 def _children_of(pid: int) -> list[int]:

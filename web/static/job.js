@@ -1,15 +1,23 @@
-// Live job page: polls the JSON API until the job reaches a terminal state.
+// Live job page (docs/live.md). Follows the job over Server-Sent Events (#job[data-events]):
+// `job` events re-render the page, `progress` moves the bar, `preview` shows the latest preview
+// image while it generates, `end` closes the stream. Where EventSource is missing or the
+// stream fails, it polls the JSON API (#job[data-api]) instead, as before.
 (function () {
   const root = document.getElementById('job');
   const TERMINAL = ['succeeded', 'failed', 'blocked', 'canceled'];
   const $ = (id) => document.getElementById(id);
+  let current = { status: root.dataset.status };
+  // widths come as data-width: the CSP (web/auth.py) refuses inline style attributes, not script
+  for (const bar of root.querySelectorAll('.bar[data-width]')) bar.style.width = bar.dataset.width + '%';
 
   function render(job) {
+    current = job;
     const status = $('status');
     status.textContent = job.status + (job.stage ? ' · ' + job.stage : '');
     status.className = 'pill status-' + job.status;
     for (const [name, stage] of Object.entries(job.stages)) {
       const li = document.querySelector(`.stage[data-stage="${name}"]`);
+      if (!li) continue;
       li.className = 'stage state-' + stage.state;
       const parts = [];
       if (stage.seconds !== null) parts.push(stage.seconds.toFixed(2) + ' s');
@@ -21,14 +29,7 @@
         badge.className = 'cache-badge' + (stage.cached ? ' served' : '');
       }
     }
-    const progress = $('progress');
-    if (job.progress && job.progress.steps) {
-      progress.hidden = false;
-      progress.querySelector('.bar').style.width = (100 * job.progress.step / job.progress.steps) + '%';
-      progress.querySelector('.label').textContent = `step ${job.progress.step}/${job.progress.steps}`;
-    } else {
-      progress.hidden = true;
-    }
+    renderProgress(job.progress && job.progress.steps ? job.progress : null);
     if (job.error) { $('error').hidden = false; $('error').textContent = job.error.message; }
     if (job.audit) {
       $('audit').hidden = false;
@@ -37,15 +38,60 @@
       $('audit').append([...score, ...(job.audit.reasons || [])].map(r => ' · ' + r).join(''));
       $('audit').querySelector('strong').textContent = job.audit.verdict;
     }
+    renderCost(job.cost);
     if (job.links.result) {
       $('result').src = job.links.result;
       $('download').href = job.links.result + '?download=1';
       $('result-figure').hidden = false;
     }
-    $('waiting').hidden = TERMINAL.includes(job.status);
+    const ended = TERMINAL.includes(job.status);
+    $('waiting').hidden = ended;
+    if (ended || job.stage !== 'generate') hidePreview();
     const cancel = $('cancel-form');
-    if (cancel) cancel.hidden = TERMINAL.includes(job.status);
-    renderDeliveries(job.deliveries || []);
+    if (cancel) cancel.hidden = ended;
+    if (job.deliveries) renderDeliveries(job.deliveries);
+  }
+
+  function renderProgress(progress) {
+    const box = $('progress');
+    if (!progress) { box.hidden = true; return; }
+    box.hidden = false;
+    box.querySelector('.bar').style.width = (100 * progress.step / progress.steps) + '%';
+    box.querySelector('.label').textContent = `step ${progress.step}/${progress.steps}`;
+  }
+
+  function renderCost(cost) {
+    const line = $('cost');
+    if (!line || !cost || !Object.keys(cost.device_seconds || {}).length) return;
+    const strong = line.querySelector('strong');
+    if (!strong) return;
+    strong.textContent = '$' + cost.usd.toFixed(6);
+    // what follows the amount up to the prices link: " · cpu 1.23 s · gpu 0.50 s"
+    while (strong.nextSibling && strong.nextSibling.nodeName !== 'SMALL') strong.nextSibling.remove();
+    const parts = Object.entries(cost.device_seconds).map(([queue, s]) => ` · ${queue} ${s.toFixed(2)} s`);
+    strong.after(document.createTextNode(parts.join('') + ' '));
+    line.hidden = false;
+  }
+
+  function showPreview(preview) {
+    if (TERMINAL.includes(current.status)) return;
+    const img = $('preview');
+    if (!img) return;
+    img.style.imageRendering = 'pixelated';  // a 128-px preview, scaled up: keep its cells sharp
+    img.src = preview.url;
+    img.hidden = false;
+    const spinner = document.querySelector('#waiting .spinner');
+    if (spinner) spinner.hidden = true;
+    if (preview.step && preview.steps) $('waiting-label').textContent = `Preview · step ${preview.step}/${preview.steps}`;
+  }
+
+  function hidePreview() {
+    const img = $('preview');
+    if (!img || img.hidden) return;
+    img.hidden = true;
+    const spinner = document.querySelector('#waiting .spinner');
+    if (spinner) spinner.hidden = false;
+    $('waiting-label').textContent = 'Working…';
   }
 
   // Webhook deliveries: refreshed while the job runs and while any is still pending.
@@ -53,9 +99,7 @@
     const body = $('deliveries-body');
     if (!body || !deliveries.length) return;
     $('deliveries').hidden = false;
-    const known = new Set();
     for (const d of deliveries) {
-      known.add(d.id);
       let row = body.querySelector(`tr[data-delivery="${d.id}"]`);
       if (!row) {
         row = document.createElement('tr');
@@ -73,19 +117,75 @@
     }
   }
   const hasPending = (job) => (job.deliveries || []).some(d => d.status === 'pending');
-  let settledPolls = 0;
+  const hasWebhook = (job) => !!(job.webhook || (job.deliveries || []).length
+    || document.querySelector('#deliveries-body tr'));
 
-  async function poll() {
-    try {
-      const response = await fetch(root.dataset.api, { headers: { Accept: 'application/json' } });
-      if (response.ok) {
-        const job = await response.json();
-        render(job);
-        // after the end, keep watching a little: the final event's delivery follows the job's end
-        if (TERMINAL.includes(job.status) && !hasPending(job) && ++settledPolls > 5) return;
-      }
-    } catch (e) { /* server restarting: keep trying */ }
-    setTimeout(poll, 700);
+  // Polling: the fallback, and a short watch after the end for the final webhook delivery.
+  let settledPolls = 0;
+  let polling = false;
+  function poll() {
+    if (polling) return;
+    polling = true;
+    (async function tick() {
+      try {
+        const response = await fetch(root.dataset.api, { headers: { Accept: 'application/json' } });
+        if (response.ok) {
+          const job = await response.json();
+          render(job);
+          // after the end, keep watching a little: the final event's delivery follows the job's end
+          if (TERMINAL.includes(job.status) && !hasPending(job) && ++settledPolls > 5) { polling = false; return; }
+        }
+      } catch (e) { /* server restarting: keep trying */ }
+      setTimeout(tick, 700);
+    })();
   }
-  if (!TERMINAL.includes(root.dataset.status) || document.querySelector('#deliveries-body .delivery-pending')) poll();
+
+  function afterEnd() {
+    if (hasWebhook(current)) poll();  // deliveries are not in the stream: follow them a little longer
+  }
+
+  function live() {
+    let source;
+    try {
+      source = new EventSource(root.dataset.events);
+    } catch (e) {
+      poll();
+      return;
+    }
+    let heard = false;
+    let failures = 0;
+    source.addEventListener('job', (e) => {
+      heard = true;
+      failures = 0;
+      const snapshot = !current.stages;
+      const job = JSON.parse(e.data);
+      // the snapshot carries webhook details; later job events do not: keep what the page has
+      if (!snapshot) { job.webhook = job.webhook || current.webhook; }
+      render(job);
+    });
+    source.addEventListener('progress', (e) => {
+      const p = JSON.parse(e.data);
+      if (!TERMINAL.includes(current.status)) renderProgress(p);
+    });
+    source.addEventListener('preview', (e) => showPreview(JSON.parse(e.data)));
+    source.addEventListener('end', (e) => {
+      source.close();  // or EventSource would reconnect
+      const end = JSON.parse(e.data);
+      if (end.reason === 'finished') afterEnd();
+      else setTimeout(live, 500);  // the server ends long streams: follow on with a fresh snapshot
+    });
+    source.onerror = () => {
+      // CLOSED: refused (404, 503, not an event stream); CONNECTING: the browser retries by itself
+      failures += 1;
+      if (source.readyState === EventSource.CLOSED || (!heard && failures >= 2) || failures >= 5) {
+        source.close();
+        if (!TERMINAL.includes(current.status)) poll();
+      }
+    };
+    window.addEventListener('pagehide', () => source.close());
+  }
+
+  const ended = TERMINAL.includes(root.dataset.status);
+  if (!ended && window.EventSource && root.dataset.events) live();
+  else if (!ended || document.querySelector('#deliveries-body .delivery-pending')) poll();
 })();

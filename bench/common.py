@@ -1,0 +1,97 @@
+"""What the benchmarks share: the machine's name, a private Redis, worker subprocesses, medians
+and percentiles, and writing one marked section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs" / "benchmarks.md"
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+def machine() -> str:
+    """"2-core Intel(R) Xeon(R) …, no GPU, torch 2.13.0+cpu" — named in every table."""
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()}-core {cpu}, {gpu}, torch {torch.__version__}"
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0–100), linear between closest ranks."""
+    ordered = sorted(values)
+    if len(ordered) == 1:
+        return ordered[0]
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def start_worker(app: str, *, queues: str, pool: str, concurrency: int, name: str,
+                 env: dict[str, str] | None = None, log_dir: Path) -> subprocess.Popen:
+    log = open(log_dir / f"worker-{name}.log", "wb")
+    argv = [sys.executable, "-m", "celery", "-A", app, "worker", "--queues", queues, "--pool", pool,
+            "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "--loglevel", os.environ.get("BENCH_LOGLEVEL", "WARNING"),
+            "--without-gossip", "--without-mingle"]
+    return subprocess.Popen(argv, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_ready(app, proc: subprocess.Popen, *, name: str, timeout_s: float = 180) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker {name} exited with {proc.returncode}")
+        if app.control.ping(timeout=0.5, destination=[f"{name}@{socket.gethostname()}"]):
+            return
+    raise RuntimeError(f"worker {name} not ready after {timeout_s} s")
+
+
+def stop(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def write_section(name: str, block: str, *, path: Path = DOCS) -> None:
+    """Replace the text between <!-- name:start --> and <!-- name:end --> (or append it)."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    body = f"{start}\n{block.strip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in text and end in text:
+        text = text[: text.index(start)] + body + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + body + "\n"
+    path.write_text(text)
+
+
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,184 @@
+"""Service vs raw diffusers: images/s through pixelmill (submit → encode → generate → enhance →
+audit → succeeded, on its real workers with the model resident and dynamic batching on the gpu
+queue) vs a loop calling the diffusers img2img pipeline directly in one process, same model,
+steps, strength and size, side by side in one run.
+
+On this CPU-only machine the model is the tiny random-weight SD pipeline (workers/tiny_model.py);
+on a GPU, point --model at an SD 1.5 folder (bench/gpu_sd15.py builds the random-weight one).
+
+    .venv/bin/python bench/diffusion_service.py [--size 256] [--steps 20] [--rounds 3] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine, median, start_worker, stop, table, wait_ready, write_section  # noqa: E402
+from workers.redis_server import RedisServer  # noqa: E402
+
+CONCURRENT = 8
+TERMINAL = (b'"status":"succeeded"', b'"status":"failed"', b'"status":"blocked"')
+
+
+def photos(count: int, size: int):
+    """``count`` distinct RGB photos (crops of scikit-image's and scikit-learn's sample photos)."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), *load_sample_images().images]
+    out = []
+    for i in range(count):
+        src = sources[i % len(sources)]
+        step = i // len(sources)
+        h, w = src.shape[:2]
+        side = min(h, w) - 40 * step
+        top, left = (h - side) // 2 + 7 * step, (w - side) // 2 - 9 * step
+        crop = src[max(top, 0):max(top, 0) + side, max(left, 0):max(left, 0) + side, :3]
+        out.append(np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size))))
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--strength", type=float, default=0.75)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of each measurement, interleaved")
+    parser.add_argument("--model", default=None, help="a save_pretrained folder (default: build the tiny one)")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="pixelmill-diffusion-bench-"))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if args.model is None:
+        from workers.tiny_model import build_tiny_pipeline
+
+        args.model = str(build_tiny_pipeline(tmp / "tiny-sd"))
+    server = RedisServer(data_dir=tmp / "redis", appendonly=False).start()
+    os.environ.update(PIXELMILL_REDIS_URL=server.url, PIXELMILL_DATA_DIR=str(tmp / "data"),
+                      PIXELMILL_DIFFUSION_MODEL=args.model, PIXELMILL_RATE_LIMIT_PER_MINUTE="1000000",
+                      PIXELMILL_GPU_MAX_BATCH=str(CONCURRENT))
+    from tasks.celery_app import app
+    from workers.stack import plan_worker
+
+    procs = []
+    try:
+        for name, queues in (("bench-gpu", "gpu"), ("bench-cpu", "cpu"), ("bench-io", "io")):
+            plan = plan_worker(queues, concurrency=1 if queues == "cpu" else None, gpu_max_batch=CONCURRENT)
+            procs.append(start_worker("tasks.celery_app", queues=queues, pool=plan.pool,
+                                      concurrency=plan.concurrency, name=name, env=plan.env, log_dir=tmp))
+        for proc, name in zip(procs, ("bench-gpu", "bench-cpu", "bench-io"), strict=True):
+            wait_ready(app, proc, name=name)
+        results = measure(args)
+    finally:
+        stop(procs)
+        server.stop()
+    report(results, args)
+
+
+def measure(args: argparse.Namespace) -> dict[str, float]:
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline
+    from PIL import Image
+
+    from safety.validate import encode_png
+    from tasks.jobs import JobParams
+    from tasks.runtime import get_runtime
+    from tasks.submit import Upload, submit_job
+
+    rt = get_runtime()
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(args.model, safety_checker=None,
+                                                          requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    images = photos(args.rounds * (2 + 2 * CONCURRENT) + 4, args.size)
+    uploads = [encode_png(image) for image in images]
+    counter = iter(range(len(images)))
+
+    def raw(batch: int) -> float:
+        """Seconds for one call of the pipeline itself on ``batch`` images."""
+        picked = [next(counter) for _ in range(batch)]
+        started = time.perf_counter()
+        with torch.inference_mode():
+            pipe(prompt=[f"picture {i}" for i in picked], image=[Image.fromarray(images[i]) for i in picked],
+                 strength=args.strength, num_inference_steps=args.steps, guidance_scale=7.5,
+                 generator=[torch.Generator().manual_seed(i) for i in picked], output_type="np")
+        return time.perf_counter() - started
+
+    def service(concurrent: int) -> float:
+        """Seconds from submitting ``concurrent`` jobs at once until the last one succeeded."""
+        picked = [next(counter) for _ in range(concurrent)]
+        started = time.perf_counter()
+        ids = [submit_job(rt, tenant="bench", upload=Upload(f"{i}.png", uploads[i]), params=JobParams(
+            engine="diffusion", prompt=f"picture {i}", strength=args.strength, steps=args.steps, guidance=7.5,
+            seed=i, size=args.size)).id for i in picked]
+        while True:
+            raws = rt.redis.mget([f"pixelmill:job:{i}" for i in ids])
+            if all(raw and any(t in raw for t in TERMINAL) for raw in raws):
+                break
+            time.sleep(0.002)
+        elapsed = time.perf_counter() - started
+        assert all(b'"status":"succeeded"' in raw for raw in raws), "a benchmark job did not succeed"
+        return elapsed
+
+    raw(1), service(1)  # warm both paths
+    timings: dict[str, list[float]] = {"raw1": [], "svc1": [], "raw8": [], "svc8": []}
+    for _ in range(args.rounds):  # interleaved rounds
+        timings["raw1"].append(raw(1))
+        timings["svc1"].append(service(1))
+        timings["raw8"].append(raw(CONCURRENT) / CONCURRENT)
+        timings["svc8"].append(service(CONCURRENT) / CONCURRENT)
+    cached = sum(1 for job in rt.store.recent("bench", limit=1000) if job.stages["encode"].cached)
+    result = {name: 1 / median(values) for name, values in timings.items()}  # images per second
+    result["encode_hits"] = cached
+    jobs = rt.store.recent("bench", limit=1000)
+    result["generate_s"] = median([job.stages["generate"].seconds for job in jobs])
+    from safety.validate import decode_png
+
+    result["shape"] = decode_png(rt.blobs.fetch(jobs[0].outputs["generated"])).shape
+    return result
+
+
+def report(r: dict[str, float], args: argparse.Namespace) -> None:
+    rows = [
+        ("raw diffusers loop, batch 1 (the baseline)", f"{r['raw1']:.2f}", "1.00×"),
+        ("pixelmill, one job at a time (submit → succeeded)", f"{r['svc1']:.2f}",
+         f"**{r['svc1'] / r['raw1']:.2f}×** (goal ≥ 0.9×)"),
+        (f"pixelmill, {CONCURRENT} concurrent jobs (dynamic batching)", f"{r['svc8']:.2f}",
+         f"**{r['svc8'] / r['raw1']:.2f}×** (goal ≥ 2×)"),
+        (f"raw diffusers, one call with a batch of {CONCURRENT} (the ceiling)", f"{r['raw8']:.2f}",
+         f"{r['raw8'] / r['raw1']:.2f}×"),
+    ]
+    text = table(("path", "images/s", "vs raw batch 1"), rows)
+    print(text)
+    print(f"(generate stage median {r['generate_s']:.2f} s; output {r['shape']})")
+    print(f"(latent cache hits among the benchmark's jobs: {r['encode_hits']:.0f}; every input is a different photo)")
+    if args.no_write:
+        return
+    write_section("diffusion-service", f"""## Service vs raw diffusers (`make bench-diffusion`)
+
+Machine: {machine()}. Command: `.venv/bin/python bench/diffusion_service.py --size {args.size} --steps {args.steps}
+--rounds {args.rounds}` ({time.strftime('%Y-%m-%d')}). Model: the tiny random-weight SD img2img pipeline
+(CPU stand-in for SD 1.5), {args.size}×{args.size}, {args.steps} steps at strength {args.strength}
+({int(args.steps * args.strength)} denoising steps), guidance 7.5, every input a different photo
+(latent cache hits: {r['encode_hits']:.0f}). Medians of {args.rounds} interleaved rounds.
+
+{text}
+
+The service side runs the whole job: upload validation, VAE encode (cached per image), the
+denoising loop, enhance, the NSFW audit and PNG blobs between stages, on a gpu-queue worker
+(threads pool, model resident and warmed up, batches of up to {CONCURRENT}, 30 ms max wait)
+and a cpu worker. The raw side calls the pipeline only (no audit, no files).""")
+
+
+if __name__ == "__main__":
+    main()

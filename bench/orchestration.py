@@ -1,0 +1,136 @@
+"""What pixelmill's orchestration costs: the full pipeline with no-op engines (submit → encode →
+generate → enhance → audit → succeeded, every job-store transaction, event and hop real) vs a
+plain Celery chain of four no-op tasks, on the same Redis server, same Celery settings, same
+worker pool (prefork, 2 processes). Latency is measured one job at a time, the two interleaved;
+throughput by submitting a burst and timing until the last one is done.
+
+    .venv/bin/python bench/orchestration.py [--jobs 100] [--burst 200] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine, median, percentile, start_worker, stop, table, wait_ready, write_section  # noqa: E402
+from workers.redis_server import RedisServer  # noqa: E402
+
+POLL_S = 0.001
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=100, help="sequential jobs per side, for latency")
+    parser.add_argument("--burst", type=int, default=200, help="jobs submitted at once per side, for throughput")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="pixelmill-orchestration-"))
+    server = RedisServer(data_dir=tmp / "redis", appendonly=False).start()
+    os.environ.update(PIXELMILL_REDIS_URL=server.url, PIXELMILL_DATA_DIR=str(tmp / "data"),
+                      PLAIN_CHAIN_BROKER=server.url.rsplit("/", 1)[0] + "/1",
+                      PIXELMILL_RATE_LIMIT_PER_MINUTE="1000000", PIXELMILL_MAX_ACTIVE_JOBS="100000")
+    from bench import plain_chain
+    from tasks.celery_app import app
+
+    procs = [start_worker("bench.noop_stages", queues="cpu,gpu,io", pool="prefork", concurrency=2,
+                          name="pixelmill", log_dir=tmp),
+             start_worker("bench.plain_chain", queues="cpu", pool="prefork", concurrency=2, name="plain",
+                          log_dir=tmp)]
+    try:
+        wait_ready(app, procs[0], name="pixelmill")
+        wait_ready(plain_chain.app, procs[1], name="plain")
+        rows = measure(args)
+    finally:
+        stop(procs)
+        server.stop()
+    report(rows, args)
+
+
+def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    from bench import plain_chain
+    from tasks.jobs import JobParams
+    from tasks.runtime import get_runtime
+    from tasks.submit import Upload, submit_job
+    from safety.validate import encode_png
+    import numpy as np
+
+    rt = get_runtime()
+    photo = encode_png(np.full((64, 64, 3), 128, np.uint8))
+    params = JobParams(engine="style", size=64, seed=1)
+
+    def pixelmill_submit() -> str:
+        return submit_job(rt, tenant="bench", upload=Upload("a.png", photo), params=params).id
+
+    def pixelmill_done(ids: list[str]) -> list[bool]:
+        return [raw is not None and b'"status":"succeeded"' in raw
+                for raw in rt.redis.mget([f"pixelmill:job:{i}" for i in ids])]
+
+    def plain_submit() -> str:
+        chain_id = uuid.uuid4().hex
+        plain_chain.enqueue(chain_id)
+        return chain_id
+
+    sides = {"plain Celery chain (4 no-op tasks)": (plain_submit, plain_chain.is_done),
+             "pixelmill pipeline (no-op engines)": (pixelmill_submit, pixelmill_done)}
+    for submit, done in sides.values():  # warm up both
+        one(submit, done)
+    latencies: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(args.jobs):  # interleaved, so machine noise hits both alike
+        for name, (submit, done) in sides.items():
+            latencies[name].append(one(submit, done))
+    results = {}
+    for name, (submit, done) in sides.items():
+        started = time.perf_counter()
+        ids = [submit() for _ in range(args.burst)]
+        while not all(done(ids)):
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - started
+        results[name] = {"p50": median(latencies[name]), "p99": percentile(latencies[name], 99),
+                         "jobs_s": args.burst / elapsed}
+    return results
+
+
+def one(submit, done) -> float:
+    started = time.perf_counter()
+    ids = [submit()]
+    while not done(ids)[0]:
+        time.sleep(POLL_S)
+    return time.perf_counter() - started
+
+
+def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> None:
+    (plain_name, plain), (ours_name, ours) = results.items()
+    rows = [(name, f"{r['p50'] * 1000:.1f} ms", f"{r['p99'] * 1000:.1f} ms", f"{r['jobs_s']:.0f}")
+            for name, r in results.items()]
+    rows.append(("**ratio pixelmill / plain**", f"**{ours['p50'] / plain['p50']:.2f}×** (goal ≤ 1.3×)",
+                 f"{ours['p99'] / plain['p99']:.2f}×", f"**{ours['jobs_s'] / plain['jobs_s']:.2f}×** (goal ≥ 0.8×)"))
+    text = table(("path", "latency p50", "latency p99", "jobs/s (burst)"), rows)
+    print(text)
+    if args.no_write:
+        return
+    write_section("orchestration", f"""## Orchestration overhead (`make bench-orchestration`)
+
+Machine: {machine()}. Command: `.venv/bin/python bench/orchestration.py --jobs {args.jobs} --burst {args.burst}`
+({time.strftime('%Y-%m-%d')}). One private redis-server; each side has its own prefork worker
+(2 processes) with the same Celery settings; latency is {args.jobs} single jobs per side, the two
+sides interleaved (submit → done, polled every millisecond); throughput is a burst of
+{args.burst} jobs per side, timed until the last is done.
+
+{text}
+
+The pixelmill side is the real service path with the work taken out (`bench/noop_stages.py`):
+upload validation and the content-addressed blob write at submit, the job record, four stage
+tasks each doing its done-marker check, start and finish transactions (WATCH/MULTI), the
+webhook outbox events and the io-queue kick, the metrics and the chain hops.""")
+
+
+if __name__ == "__main__":
+    main()

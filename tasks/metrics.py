@@ -1,0 +1,281 @@
+"""Service metrics, aggregated in Redis so that every web process reads the same numbers.
+
+Written (each in one pipeline, a handful of commands, never raising into a stage):
+
+- at the end of each stage (``record_stage``): its latency in a cumulative histogram per stage
+  and queue, its device-seconds and their cost;
+- at each change of a job's state (``count_transition``, inside the store's transaction, so
+  terminal states are counted exactly once): counters of terminal states, images per queue,
+  and the map of active jobs to their current state;
+- after each webhook attempt (``record_webhook``): outcomes.
+
+The same fields go to a ``totals`` hash (since the start, for Prometheus counters) and to a hash
+per minute (TTL ~2 h, for "the last hour" on the dashboard). Field names:
+``lat:<stage>:<queue>:<bucket>``, ``lat_sum:<stage>:<queue>``, ``dev:<stage>:<queue>``,
+``usd:<queue>``, ``jobs:<state>``, ``img:<queue>``, ``webhook:<outcome>``, ``created``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import redis
+
+from tasks.cost import UNKNOWN_QUEUE, stage_cost_usd
+from tasks.jobs import Job, JobStatus
+
+log = logging.getLogger(__name__)
+
+PREFIX = "pixelmill:metrics"
+# Upper bounds (seconds) of the latency buckets, 10 ms … 30 min; a last bucket takes the rest (+Inf).
+BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                              120.0, 300.0, 600.0, 1200.0, 1800.0)
+MINUTE_TTL_S = 2 * 3600 + 120
+WINDOW_MINUTES = 60
+
+
+def key_for(kind: str, *parts: str) -> str:
+    """Every Redis key of the metrics: ``pixelmill:metrics:<kind>:<parts…>``."""
+    return ":".join((PREFIX, kind, *parts))
+
+
+def minute_of(t: float) -> int:
+    return int(t // 60)
+
+
+def _minute_key(minute: int) -> str:
+    return key_for("minute", str(minute))
+
+
+# --- histogram math -----------------------------------------------------------------------------
+
+def bucket_index(seconds: float) -> int:
+    """The bucket a latency falls in: the first whose bound is ≥ it (len(BUCKETS) for +Inf)."""
+    return bisect.bisect_left(BUCKETS, seconds)
+
+
+@dataclass
+class Histogram:
+    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))  # per bucket, not cumulative
+    sum: float = 0.0
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bucket_index(seconds)] += 1
+        self.sum += seconds
+
+    def merge(self, other: "Histogram") -> "Histogram":
+        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
+        self.sum += other.sum
+        return self
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        """(upper bound, observations ≤ it) for every bucket, the last bound being +inf."""
+        out, running = [], 0
+        for bound, n in zip((*BUCKETS, float("inf")), self.counts, strict=True):
+            running += n
+            out.append((bound, running))
+        return out
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile, interpolated linearly inside its bucket (as Prometheus'
+        histogram_quantile does); None without observations. Values in the +Inf bucket
+        answer the largest finite bound."""
+        total = self.count
+        if not total:
+            return None
+        rank = min(max(q, 0.0), 1.0) * total
+        below = 0
+        for i, n in enumerate(self.counts):
+            if n and below + n >= rank:
+                if i == len(BUCKETS):
+                    return BUCKETS[-1]
+                lower = BUCKETS[i - 1] if i else 0.0
+                return lower + (BUCKETS[i] - lower) * max(rank - below, 0.0) / n
+            below += n
+        return BUCKETS[-1]
+
+
+# --- aggregates -------------------------------------------------------------------------------------
+
+@dataclass
+class Aggregate:
+    """The fields of a ``totals`` or per-minute hash, parsed (and summed, for a window)."""
+
+    latency: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # (stage, queue)
+    device_s: dict[tuple[str, str], float] = field(default_factory=dict)     # (stage, queue)
+    usd: dict[str, float] = field(default_factory=dict)                      # queue
+    jobs: dict[str, int] = field(default_factory=dict)                       # terminal state
+    images: dict[str, int] = field(default_factory=dict)                     # queue
+    webhooks: dict[str, int] = field(default_factory=dict)                   # outcome
+    created: int = 0
+
+    @classmethod
+    def parse(cls, raw: Mapping[bytes | str, bytes | str]) -> "Aggregate":
+        agg = cls()
+        for name, value in raw.items():
+            name = name.decode() if isinstance(name, bytes) else name
+            value = value.decode() if isinstance(value, bytes) else value
+            try:
+                agg._add(name, value)
+            except (ValueError, IndexError):
+                log.debug("metrics: ignoring field %r", name)
+        return agg
+
+    def _add(self, name: str, value: str) -> None:
+        kind, _, rest = name.partition(":")
+        if kind == "lat":
+            stage, _, rest = rest.partition(":")
+            queue, _, index = rest.rpartition(":")
+            self.latency.setdefault((stage, queue), Histogram()).counts[int(index)] += int(value)
+        elif kind == "lat_sum":
+            stage, _, queue = rest.partition(":")
+            self.latency.setdefault((stage, queue), Histogram()).sum += float(value)
+        elif kind == "dev":
+            stage, _, queue = rest.partition(":")
+            self.device_s[(stage, queue)] = self.device_s.get((stage, queue), 0.0) + float(value)
+        elif kind == "usd":
+            self.usd[rest] = self.usd.get(rest, 0.0) + float(value)
+        elif kind in ("jobs", "img", "webhook"):
+            table = {"jobs": self.jobs, "img": self.images, "webhook": self.webhooks}[kind]
+            table[rest] = table.get(rest, 0) + int(value)
+        elif kind == "created":
+            self.created += int(value)
+
+    def merge(self, other: "Aggregate") -> "Aggregate":
+        for key, hist in other.latency.items():
+            self.latency.setdefault(key, Histogram()).merge(hist)
+        for mine, theirs in ((self.device_s, other.device_s), (self.usd, other.usd), (self.jobs, other.jobs),
+                             (self.images, other.images), (self.webhooks, other.webhooks)):
+            for key, value in theirs.items():
+                mine[key] = mine.get(key, 0) + value
+        self.created += other.created
+        return self
+
+    def stage_histogram(self, stage: str) -> Histogram:
+        """One stage's latency over every queue it ran on."""
+        merged = Histogram()
+        for (name, _), hist in self.latency.items():
+            if name == stage:
+                merged.merge(hist)
+        return merged
+
+    def completed(self, stage: str) -> int:
+        return sum(h.count for (name, _), h in self.latency.items() if name == stage)
+
+
+# --- writes -----------------------------------------------------------------------------------------
+
+def record_stage(client: redis.Redis, *, stage: str, queue: str | None, seconds: float, device_s: float,
+                 prices: Mapping[str, float], now: float | None = None) -> None:
+    """A stage finished after ``seconds`` of wall time, using ``device_s`` of its worker process."""
+    try:
+        q = queue or UNKNOWN_QUEUE
+        usd = stage_cost_usd(device_s, queue, prices)
+        minute = _minute_key(minute_of(time.time() if now is None else now))
+        with client.pipeline(transaction=False) as pipe:
+            for key in (key_for("totals"), minute):
+                pipe.hincrby(key, f"lat:{stage}:{q}:{bucket_index(seconds)}", 1)
+                pipe.hincrbyfloat(key, f"lat_sum:{stage}:{q}", round(seconds, 6))
+                pipe.hincrbyfloat(key, f"dev:{stage}:{q}", round(device_s, 6))
+                if usd:
+                    pipe.hincrbyfloat(key, f"usd:{q}", usd)
+            pipe.expire(minute, MINUTE_TTL_S)
+            pipe.execute()
+    except Exception as e:  # noqa: BLE001 — a metric is never worth a failed stage
+        log.warning("metrics: could not record %s on %s: %s", stage, queue, e)
+
+
+def count_created(pipe: redis.client.Pipeline, jobs: Iterable[Job]) -> None:
+    """New jobs are active and queued. Queued on the store's pipeline (no I/O here)."""
+    try:
+        jobs = list(jobs)
+        for job in jobs:
+            pipe.hset(key_for("active"), job.id, _active_value(job))
+        pipe.hincrby(key_for("totals"), "created", len(jobs))
+    except Exception as e:  # noqa: BLE001
+        log.warning("metrics: could not count new jobs: %s", e)
+
+
+def count_transition(pipe: redis.client.Pipeline, before: JobStatus, job: Job, *, now: float | None = None) -> None:
+    """A job moved from ``before`` to ``job.status``: queued on the store's transaction, so a
+    terminal state is counted exactly once (terminal states never change again)."""
+    if before is job.status:
+        return
+    try:
+        if not job.status.is_terminal():
+            pipe.hset(key_for("active"), job.id, _active_value(job))
+            return
+        pipe.hdel(key_for("active"), job.id)
+        minute = _minute_key(minute_of(time.time() if now is None else now))
+        queues = sorted({r.queue for r in job.stages.values() if r.done and r.queue})
+        for key in (key_for("totals"), minute):
+            pipe.hincrby(key, f"jobs:{job.status.value}", 1)
+            if job.status is JobStatus.SUCCEEDED:
+                for queue in queues:
+                    pipe.hincrby(key, f"img:{queue}", 1)
+        pipe.expire(minute, MINUTE_TTL_S)
+    except Exception as e:  # noqa: BLE001
+        log.warning("metrics: could not count job %s moving to %s: %s", job.id, job.status.value, e)
+
+
+def record_webhook(client: redis.Redis, outcome: str, *, now: float | None = None) -> None:
+    """A webhook attempt ended: delivered, retry (it will be tried again) or dead (dead-lettered)."""
+    try:
+        minute = _minute_key(minute_of(time.time() if now is None else now))
+        with client.pipeline(transaction=False) as pipe:
+            pipe.hincrby(key_for("totals"), f"webhook:{outcome}", 1)
+            pipe.hincrby(minute, f"webhook:{outcome}", 1)
+            pipe.expire(minute, MINUTE_TTL_S)
+            pipe.execute()
+    except Exception as e:  # noqa: BLE001
+        log.warning("metrics: could not record a webhook %s: %s", outcome, e)
+
+
+def _active_value(job: Job) -> str:
+    return f"{job.status.value}|{int(job.updated_at)}"
+
+
+# --- reads ------------------------------------------------------------------------------------------
+
+def fetch_totals(client: redis.Redis) -> Aggregate:
+    return Aggregate.parse(client.hgetall(key_for("totals")))
+
+
+def fetch_minutes(client: redis.Redis, *, minutes: int = WINDOW_MINUTES,
+                  now: float | None = None) -> list[tuple[int, Aggregate]]:
+    """One aggregate per minute for the last ``minutes`` minutes (this one included), oldest first."""
+    last = minute_of(time.time() if now is None else now)
+    span = list(range(last - minutes + 1, last + 1))
+    with client.pipeline(transaction=False) as pipe:
+        for minute in span:
+            pipe.hgetall(_minute_key(minute))
+        raws = pipe.execute()
+    return [(minute, Aggregate.parse(raw)) for minute, raw in zip(span, raws, strict=True)]
+
+
+def fetch_active(client: redis.Redis, *, max_age_s: float, now: float | None = None) -> dict[str, int]:
+    """Unfinished jobs by current state. An entry older than ``max_age_s`` (the job's record has
+    expired without ever finishing) is not counted."""
+    cutoff = (time.time() if now is None else now) - max_age_s
+    counts: dict[str, int] = {s.value: 0 for s in JobStatus if not s.is_terminal()}
+    for value in client.hvals(key_for("active")):
+        state, _, updated = value.decode().partition("|")
+        if state in counts and (not updated.isdigit() or int(updated) >= cutoff):
+            counts[state] += 1
+    return counts
+
+
+def window(minutes: list[tuple[int, Aggregate]]) -> Aggregate:
+    """The sum of per-minute aggregates."""
+    total = Aggregate()
+    for _, agg in minutes:
+        total.merge(agg)
+    return total

@@ -1,0 +1,141 @@
+"""The service's numbers in one JSON-ready shape: what the dashboard draws, ``/api/v1/stats``
+returns and ``/metrics`` exports (queue depths, workers, throughput and latency per stage,
+cost per image, cache hit ratios, webhook outcomes). Read-only; every web process computes the
+same answer from Redis and the broker."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from typing import Any
+
+import redis
+from celery import Celery
+
+from tasks.cost import per_image
+from tasks.heartbeat import WorkerInfo, fetch_workers
+from tasks.metrics import WINDOW_MINUTES, Aggregate, Histogram, fetch_active, fetch_minutes, fetch_totals, window
+from tasks.queues import fetch_queue_depths
+from tasks.runtime import Runtime
+from tasks.settings import QUEUES, STAGES
+
+log = logging.getLogger(__name__)
+
+LATENCY_WINDOW_MINUTES = 5  # the latency chart's resolution: p50/p99 per 5 minutes
+
+
+def fetch_stats(rt: Runtime, *, celery: Celery, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    prices = dict(rt.settings.price_per_hour)
+    try:
+        minutes = fetch_minutes(rt.redis, minutes=WINDOW_MINUTES, now=now)
+        totals = fetch_totals(rt.redis)
+        active = fetch_active(rt.redis, max_age_s=rt.settings.job_ttl_s, now=now)
+        workers = fetch_workers(rt.redis)
+        available = True
+    except redis.RedisError as e:
+        log.warning("stats: Redis unavailable: %s", e)
+        minutes, totals, active, workers, available = [], Aggregate(), {}, [], False
+    hour = window(minutes)
+    queues = sorted({*QUEUES, *prices, *(q for w in workers for q in w.queues)})
+    depths = fetch_queue_depths(celery, queues)
+    hour_usd, total_usd = sum(hour.usd.values()), sum(totals.usd.values())
+    images_hour, images_total = hour.jobs.get("succeeded", 0), totals.jobs.get("succeeded", 0)
+    return {
+        "generated_at": round(now, 3),
+        "available": available,
+        "window_s": WINDOW_MINUTES * 60,
+        "prices_per_hour": prices,
+        "cost": {
+            "per_image_usd": per_image(hour_usd, images_hour),
+            "last_hour_usd": round(hour_usd, 10),
+            "images_last_hour": images_hour,
+            "per_image_usd_all_time": per_image(total_usd, images_total),
+            "total_usd": round(total_usd, 10),
+            "images_total": images_total,
+        },
+        "queues": {q: _queue(q, hour=hour, depth=depths.get(q), workers=workers, price=prices.get(q))
+                   for q in queues},
+        "stages": {stage: _stage(stage, hour=hour, totals=totals) for stage in STAGES},
+        "jobs": {"active": active, "finished_last_hour": hour.jobs, "finished_total": totals.jobs,
+                 "created_total": totals.created},
+        "cache": _cache(rt),
+        "webhooks": {"last_hour": hour.webhooks, "total": totals.webhooks},
+        "workers": [_worker(w, now=now) for w in workers],
+        "series": _series(minutes),
+    }
+
+
+def _queue(name: str, *, hour: Aggregate, depth: int | None, workers: list[WorkerInfo],
+           price: float | None) -> dict[str, Any]:
+    serving = [w for w in workers if name in w.queues]
+    return {
+        "depth": depth,
+        "workers": len(serving),
+        "workers_ready": sum(1 for w in serving if w.state == "ready"),
+        "images_per_hour": hour.images.get(name, 0),
+        "device_seconds_last_hour": round(sum(s for (_, q), s in hour.device_s.items() if q == name), 4),
+        "usd_last_hour": round(hour.usd.get(name, 0.0), 10),
+        "price_per_hour": price,
+    }
+
+
+def _stage(stage: str, *, hour: Aggregate, totals: Aggregate) -> dict[str, Any]:
+    recent, ever = hour.stage_histogram(stage), totals.stage_histogram(stage)
+    return {
+        "completed_last_hour": recent.count,
+        **_percentiles(recent),
+        "device_seconds_last_hour": round(sum(s for (name, _), s in hour.device_s.items() if name == stage), 4),
+        "by_queue": {q: {"completed_last_hour": h.count, **_percentiles(h)}
+                     for (name, q), h in sorted(hour.latency.items()) if name == stage and h.count},
+        "all_time": {"completed": ever.count, **_percentiles(ever)},
+    }
+
+
+def _percentiles(hist: Histogram) -> dict[str, float | None]:
+    return {"p50_s": _round(hist.quantile(0.5)), "p99_s": _round(hist.quantile(0.99)),
+            "mean_s": _round(hist.sum / hist.count if hist.count else None)}
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def _cache(rt: Runtime) -> dict[str, Any]:
+    snapshot = rt.cache.stats.snapshot()
+    hits = misses = 0
+    stages: dict[str, float | None] = {}
+    for stage, entry in snapshot.get("stages", {}).items():
+        lookup = entry.get("lookup") or {}
+        hits, misses = hits + lookup.get("hits", 0), misses + lookup.get("misses", 0)
+        stages[stage] = entry.get("hit_ratio")
+    return {
+        "available": snapshot.get("available", False),
+        "hits": hits,
+        "misses": misses,
+        "hit_ratio": round(hits / (hits + misses), 4) if hits + misses else None,
+        "stages": stages,
+        "tiers": snapshot.get("tiers", {}),
+    }
+
+
+def _worker(info: WorkerInfo, *, now: float) -> dict[str, Any]:
+    return asdict(info) | {"up_s": round(max(now - info.started_at, 0.0), 1),
+                           "seen_s_ago": round(max(now - info.seen_at, 0.0), 1)}
+
+
+def _series(minutes: list[tuple[int, Aggregate]]) -> dict[str, Any]:
+    """Per minute: completions per stage; per 5 minutes: p50 and p99 per stage."""
+    groups = [minutes[i:i + LATENCY_WINDOW_MINUTES] for i in range(0, len(minutes), LATENCY_WINDOW_MINUTES)]
+    latency: dict[str, dict[str, list[float | None]]] = {}
+    for stage in STAGES:
+        hists = [window(group).stage_histogram(stage) for group in groups]
+        latency[stage] = {"p50_s": [_round(h.quantile(0.5)) for h in hists],
+                          "p99_s": [_round(h.quantile(0.99)) for h in hists]}
+    return {
+        "minutes": [minute * 60 for minute, _ in minutes],
+        "throughput": {stage: [agg.completed(stage) for _, agg in minutes] for stage in STAGES},
+        "latency_windows": [group[0][0] * 60 for group in groups],
+        "latency": latency,
+    }

@@ -1,0 +1,93 @@
+"""The operations dashboard (``/dashboard``) and its JSON twin (``GET /api/v1/stats``): queue
+depths, workers and what they hold, throughput and latency per stage over the last hour, cost
+per image, cache hit ratio. Server-rendered; charts are inline SVG (web.charts)."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+from flask import Blueprint, jsonify, render_template
+from markupsafe import Markup
+
+from tasks.celery_app import app as celery_app
+from tasks.stats import fetch_stats
+from web.charts import Series, bar_chart, format_seconds, line_chart
+from web.extensions import pixelmill
+
+bp = Blueprint("dashboard", __name__)
+
+STAGE_COLORS = {"encode": "#3b5bdb", "generate": "#ae3ec9", "enhance": "#2b8a3e", "audit": "#e67700"}
+REFRESH_S = 30
+
+
+@bp.get("/dashboard")
+def show():
+    stats = fetch_stats(pixelmill.runtime, celery=celery_app)
+    return render_template("dashboard.html", stats=stats, charts=stage_charts(stats), refresh_s=REFRESH_S,
+                           usd=usd, human_bytes=human_bytes, seconds=seconds, ratio=ratio,
+                           updated=time.strftime("%H:%M:%S", time.localtime(stats["generated_at"])))
+
+
+@bp.get("/api/v1/stats")
+def show_stats():
+    return jsonify(fetch_stats(pixelmill.runtime, celery=celery_app))
+
+
+def stage_charts(stats: dict[str, Any]) -> dict[str, dict[str, Markup]]:
+    """Per stage: completions per minute (bars) and p50/p99 per 5 minutes (log scale)."""
+    series = stats["series"]
+    minutes, windows = len(series["minutes"]), len(series["latency_windows"])
+    bar_labels = {i: _ago(minutes - i) for i in range(0, minutes, 15)} | {minutes - 1: "now"}
+    line_labels = {0: _ago(minutes), windows // 2: _ago(minutes // 2), windows - 1: "now"}
+    charts = {}
+    for stage, counts in series["throughput"].items():
+        color = STAGE_COLORS.get(stage, "#495057")
+        latency = series["latency"][stage]
+        charts[stage] = {
+            "throughput": bar_chart(counts, title=f"{stage}: completed per minute, last hour", color=color,
+                                    x_labels=bar_labels),
+            "latency": line_chart([Series("p50", latency["p50_s"], color),
+                                   Series("p99", latency["p99_s"], color, dashed=True)],
+                                  title=f"{stage}: p50 and p99 latency per 5 minutes", x_labels=line_labels,
+                                  log=True),
+        }
+    return charts
+
+
+def _ago(minutes: int) -> str:
+    return f"−{minutes}m"
+
+
+# --- formatting for the template ---------------------------------------------------------------------
+
+@bp.app_template_filter("usd")
+def usd(value: float | None) -> str:
+    """$0.0000312, $0.00420, $0.125, $1.25: enough digits to tell small costs apart."""
+    if value is None:
+        return "—"
+    if value <= 0:
+        return "$0"
+    if value >= 1:
+        return f"${value:,.2f}"
+    return f"${value:.{max(2, 2 - math.floor(math.log10(value)))}f}"  # three significant digits
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "—"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def seconds(value: float | None) -> str:
+    return "—" if value is None else format_seconds(value)
+
+
+def ratio(value: float | None) -> str:
+    return "—" if value is None else f"{value * 100:.1f} %"
