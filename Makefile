@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test-deps run test test-unit test-integration test-e2e test-faults tiny-model bench bench-pipeline bench-cache clean
+.PHONY: install test-deps run test test-unit test-integration test-e2e test-faults tiny-model bench bench-orchestration bench-diffusion bench-engine-options bench-pipeline bench-cache clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,19 @@ test-e2e: test-deps
 test-faults: install  ## fault injection only: killed workers, Redis restart, cancel, reaper (Redis and RabbitMQ brokers)
 	$(BIN)/python -m pytest -m faults tests/faults
 
-bench: bench-pipeline bench-cache
+bench: bench-orchestration bench-diffusion bench-engine-options bench-cache bench-pipeline  ## all of them, ~10 min on 2 cores; each writes its section of docs/benchmarks.md
+
+bench-orchestration: install  ## the pipeline with no-op engines vs a plain Celery chain of 4 no-op tasks: p50/p99, jobs/s
+	$(BIN)/python bench/orchestration.py
+
+bench-diffusion: install  ## images/s through pixelmill (batch 1, and 8 concurrent with dynamic batching) vs a raw diffusers loop
+	$(BIN)/python bench/diffusion_service.py
+
+bench-engine-options: install  ## sdpa vs math attention, channels_last, torch.compile, VAE slicing, batch 8 (tiny model on CPU)
+	$(BIN)/python bench/engine_options.py
+
+bench-gpu: install  ## SD 1.5-size, fp16, on a CUDA GPU: raw diffusers vs engine vs batching, and the options
+	$(BIN)/python bench/gpu_sd15.py --write-docs
 
 bench-pipeline: install  ## style jobs through pixelmill vs the same engines in one process
 	$(BIN)/python bench/pipeline_overhead.py

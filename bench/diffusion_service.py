@@ -6,7 +6,7 @@ steps, strength and size, side by side in one run.
 On this CPU-only machine the model is the tiny random-weight SD pipeline (workers/tiny_model.py);
 on a GPU, point --model at an SD 1.5 folder (bench/gpu_sd15.py builds the random-weight one).
 
-    .venv/bin/python bench/diffusion_service.py [--size 256] [--steps 20] [--rounds 3] [--no-write]
+    .venv/bin/python bench/diffusion_service.py [--size 128] [--steps 20] [--rounds 3] [--threads 1] [--no-write]
 """
 
 from __future__ import annotations
@@ -50,13 +50,18 @@ def photos(count: int, size: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--strength", type=float, default=0.75)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each measurement, interleaved")
     parser.add_argument("--model", default=None, help="a save_pretrained folder (default: build the tiny one)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, the same for the raw loop and "
+                        "each worker process (2 OpenMP threads per process oversubscribe a shared 2-core machine)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     tmp = Path(tempfile.mkdtemp(prefix="pixelmill-diffusion-bench-"))
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -67,7 +72,7 @@ def main() -> None:
     server = RedisServer(data_dir=tmp / "redis", appendonly=False).start()
     os.environ.update(PIXELMILL_REDIS_URL=server.url, PIXELMILL_DATA_DIR=str(tmp / "data"),
                       PIXELMILL_DIFFUSION_MODEL=args.model, PIXELMILL_RATE_LIMIT_PER_MINUTE="1000000",
-                      PIXELMILL_GPU_MAX_BATCH=str(CONCURRENT))
+                      PIXELMILL_GPU_MAX_BATCH=str(CONCURRENT), PIXELMILL_TORCH_THREADS=str(args.threads))
     from tasks.celery_app import app
     from workers.stack import plan_worker
 
@@ -167,10 +172,11 @@ def report(r: dict[str, float], args: argparse.Namespace) -> None:
     write_section("diffusion-service", f"""## Service vs raw diffusers (`make bench-diffusion`)
 
 Machine: {machine()}. Command: `.venv/bin/python bench/diffusion_service.py --size {args.size} --steps {args.steps}
---rounds {args.rounds}` ({time.strftime('%Y-%m-%d')}). Model: the tiny random-weight SD img2img pipeline
+--rounds {args.rounds} --threads {args.threads}` ({time.strftime('%Y-%m-%d')}). Model: the tiny random-weight SD img2img pipeline
 (CPU stand-in for SD 1.5), {args.size}×{args.size}, {args.steps} steps at strength {args.strength}
 ({int(args.steps * args.strength)} denoising steps), guidance 7.5, every input a different photo
-(latent cache hits: {r['encode_hits']:.0f}). Medians of {args.rounds} interleaved rounds.
+(latent cache hits: {r['encode_hits']:.0f}), {args.threads} torch thread(s) on each side. Medians of
+{args.rounds} interleaved rounds; the service's generate stage took {r['generate_s']:.2f} s (median).
 
 {text}
 

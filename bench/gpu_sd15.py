@@ -1,0 +1,378 @@
+"""Stable Diffusion 1.5 on a CUDA GPU: plain diffusers vs pixelmill's engine, and the engine's speed options.
+
+    .venv/bin/python bench/gpu_sd15.py                 # prints the table (needs a CUDA GPU; exits 2 without)
+    .venv/bin/python bench/gpu_sd15.py --write-docs    # ... and writes it into docs/benchmarks.md
+    .venv/bin/python bench/gpu_sd15.py --smoke         # the same code path on CPU, tiny model, in seconds
+
+Needs no hub: the SD 1.5 architecture is built with random weights (bench/sd15.py; same shapes and
+kernels, so the same cost as the real model), saved with save_pretrained to a temporary folder in
+fp16 and loaded back with from_pretrained under HF_HUB_OFFLINE=1 — once as a plain
+StableDiffusionImg2ImgPipeline and once per option set through DiffusionEngine.load(folder,
+device="cuda", dtype=fp16, options=...). A random 512×512 image is encoded once; every run denoises
+its latents at strength 1.0 for 20 steps (20 UNet calls with classifier-free guidance), guidance
+7.5, the same prompt and seeds. The variants are interleaved in rounds (rotated order); medians.
+
+(a) plain diffusers: the pipeline called directly in this process at batch 1 — images/s and loop it/s;
+(b) the engine at batch 1 (generate) and at batch 8 (generate_batch): images/s and ratio vs (a);
+(c) the options: attention sdpa vs math, channels_last, torch_compile (engine.warm_up() and the first
+    call at 512 px reported apart from the steady state), vae_slicing off vs on at batch 8.
+
+"loop it/s" is the denoising loop's rate (UNet + scheduler steps between the first and the last
+step callback, the device synchronised at each), the figure published anchors quote; images/s is
+end to end (text encoder, loop, VAE decode, conversion to uint8). "peak extra" is
+torch.cuda.max_memory_allocated during the call minus what was allocated before it (the resident
+pipelines are counted once, apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+SECTION = "gpu-sd15"
+PROMPT = "a photo of an astronaut riding a horse on the moon"
+NO_GPU_EXIT = 2
+
+
+@dataclass(frozen=True)
+class Setup:
+    device: str
+    dtype: torch.dtype
+    size: int
+    steps: int
+    batch: int
+    rounds: int
+    smoke: bool
+
+
+@dataclass
+class Variant:
+    name: str
+    short: str
+    batch: int
+    run: Callable[[Callable[[], None]], None]  # run(step_tick)
+    versus: str | None = None
+    times: list[float] = field(default_factory=list)
+    rates: list[float] = field(default_factory=list)
+    peaks: list[int] = field(default_factory=list)  # above what was allocated before the call
+    peak_total: int = 0  # the highest torch.cuda.max_memory_allocated() seen in a call
+
+    def seconds(self) -> float:
+        return statistics.median(self.times)
+
+    def images_per_s(self) -> float:
+        return self.batch / self.seconds()
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+class StepClock:
+    """Timestamps at each step callback, the device synchronised first; rate = steps per second
+    between the first and the last callback."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.stamps: list[float] = []
+
+    def tick(self) -> None:
+        sync(self.device)
+        self.stamps.append(time.perf_counter())
+
+    def rate(self) -> float:
+        if len(self.stamps) < 2:
+            return float("nan")
+        return (len(self.stamps) - 1) / (self.stamps[-1] - self.stamps[0])
+
+
+def timed(variant: Variant, setup: Setup) -> tuple[float, float, int]:
+    """One call of `variant`: seconds, loop it/s and the peak memory it added (bytes, CUDA only);
+    also keeps the call's absolute peak in variant.peak_total."""
+    cuda = setup.device.startswith("cuda")
+    clock = StepClock(setup.device)
+    sync(setup.device)
+    before = torch.cuda.memory_allocated() if cuda else 0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    variant.run(clock.tick)
+    sync(setup.device)
+    elapsed = time.perf_counter() - start
+    peak = torch.cuda.max_memory_allocated() if cuda else 0
+    variant.peak_total = max(variant.peak_total, peak)
+    return elapsed, clock.rate(), peak - before if cuda else 0
+
+
+def build_folder(setup: Setup, scratch: Path) -> Path:
+    if setup.smoke:
+        from workers.tiny_model import build_tiny_pipeline
+
+        return build_tiny_pipeline(scratch / "tiny")
+    from bench.sd15 import build_sd15_pipeline
+
+    return build_sd15_pipeline(scratch / "sd15", dtype=torch.float16)
+
+
+def resident(setup: Setup) -> int:
+    sync(setup.device)
+    return torch.cuda.memory_allocated() if setup.device.startswith("cuda") else 0
+
+
+def measure(setup: Setup, folder: Path, *, skip_compile: bool) -> tuple[list[Variant], dict[str, object]]:
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from workers.diffusion import DiffusionEngine, EngineOptions, GenerateParams
+
+    info: dict[str, object] = {}
+    load_s: dict[str, float] = {}
+    memory: dict[str, int] = {}
+
+    def load_engine(key: str, options: EngineOptions) -> DiffusionEngine:
+        before, start = resident(setup), time.perf_counter()
+        engine = DiffusionEngine.load(str(folder), device=setup.device, dtype=setup.dtype, options=options)
+        load_s[key], memory[key] = time.perf_counter() - start, resident(setup) - before
+        print(f"  loaded {key:<14} {load_s[key]:.1f} s, {gib(memory[key])} on the device", flush=True)
+        return engine
+
+    before, start = resident(setup), time.perf_counter()
+    raw = StableDiffusionImg2ImgPipeline.from_pretrained(str(folder), dtype=setup.dtype, safety_checker=None,
+                                                         requires_safety_checker=False).to(setup.device)
+    raw.set_progress_bar_config(disable=True)
+    load_s["raw"], memory["raw"] = time.perf_counter() - start, resident(setup) - before
+    print(f"  loaded {'raw diffusers':<14} {load_s['raw']:.1f} s, {gib(memory['raw'])} on the device", flush=True)
+
+    base = load_engine("baseline", EngineOptions(vae_slicing="off"))
+    math = load_engine("math", EngineOptions(attention="math", vae_slicing="off"))
+    channels_last = load_engine("channels_last", EngineOptions(channels_last=True, vae_slicing="off"))
+    sliced = load_engine("slicing", EngineOptions(vae_slicing="on"))
+    compiled = None if skip_compile else load_engine("compile", EngineOptions(torch_compile=True, vae_slicing="off"))
+
+    rng = np.random.default_rng(0)
+    latents = base.encode(rng.integers(0, 256, (setup.size, setup.size, 3), dtype=np.uint8))
+    params = [GenerateParams(prompt=PROMPT, strength=1.0, steps=setup.steps, guidance=7.5, seed=i)
+              for i in range(setup.batch)]
+
+    def run_raw(tick: Callable[[], None]) -> None:
+        def callback(pipe, step, timestep, tensors):  # noqa: ANN001, ANN202 — diffusers' callback signature
+            tick()
+            return tensors
+
+        raw(prompt=[PROMPT], negative_prompt=[""], image=latents, strength=1.0, num_inference_steps=setup.steps,
+            guidance_scale=7.5, generator=[torch.Generator(device="cpu").manual_seed(0)], output_type="np",
+            callback_on_step_end=callback)
+
+    def engine_run(engine: DiffusionEngine, n: int) -> Callable[[Callable[[], None]], None]:
+        def run(tick: Callable[[], None]) -> None:
+            def on_step(done: int, total: int, current: torch.Tensor) -> None:
+                tick()
+
+            if n == 1:
+                engine.generate(latents, params[0], on_step=on_step)
+            else:
+                engine.generate_batch([latents] * n, params[:n], on_step=on_step)
+        return run
+
+    b = setup.batch
+    variants = [
+        Variant("plain diffusers StableDiffusionImg2ImgPipeline, batch 1", "diffusers", 1, run_raw),
+        Variant("engine.generate, batch 1 (sdpa, VAE slicing off — the defaults at batch 1)", "engine", 1,
+                engine_run(base, 1), "diffusers"),
+        Variant(f"engine.generate_batch, batch {b}, VAE slicing off", f"engine@{b}", b, engine_run(base, b),
+                "diffusers"),
+        Variant(f"engine.generate_batch, batch {b}, VAE slicing on (the default 'auto' at batch {b})",
+                f"slicing@{b}", b, engine_run(sliced, b), "diffusers"),
+        Variant("attention=math, batch 1", "math", 1, engine_run(math, 1), "engine"),
+        Variant("channels_last, batch 1", "channels_last", 1, engine_run(channels_last, 1), "engine"),
+    ]
+    if compiled is not None:
+        variants.append(Variant("torch_compile, batch 1, steady state", "compile", 1, engine_run(compiled, 1),
+                                "engine"))
+        if setup.smoke and not os.environ.get("SMOKE_COMPILE"):
+            # Inductor needs a minute or more per graph on a CPU; the smoke run keeps the compile code
+            # path (the engine's compile() call, warm-up, recompile on a new shape) but runs it eagerly.
+            torch.compiler.set_stance("force_eager")
+            info["compile_note"] = "smoke: forced eager, SMOKE_COMPILE=1 compiles"
+        start = time.perf_counter()
+        compiled.warm_up()  # what a worker does at start: one small generation (64 px, 2 steps)
+        sync(setup.device)
+        info["compile_warm_up_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        engine_run(compiled, 1)(lambda: None)  # the first call at the working size
+        sync(setup.device)
+        info["compile_first_s"] = time.perf_counter() - start
+        print(f"  torch_compile: engine.warm_up() {info['compile_warm_up_s']:.1f} s, then first call at "
+              f"{setup.size} px {info['compile_first_s']:.1f} s", flush=True)
+
+    for variant in variants:  # one untimed call each: lazy init, cuDNN autotuning, allocator
+        timed(variant, setup)
+    for round_ in range(setup.rounds):
+        shift = round_ % len(variants)
+        for variant in variants[shift:] + variants[:shift]:
+            elapsed, rate, peak = timed(variant, setup)
+            variant.times.append(elapsed)
+            variant.rates.append(rate)
+            variant.peaks.append(peak)
+        print(f"  round {round_ + 1}/{setup.rounds}: "
+              + ", ".join(f"{v.short} {v.times[-1]:.3f} s" for v in variants), flush=True)
+
+    info["load_s"], info["memory"] = load_s, memory
+    info["peak_total"] = max(v.peak_total for v in variants)  # resets between calls: the max of the calls' peaks
+    return variants, info
+
+
+def gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n else "nothing"
+
+
+def render_table(variants: list[Variant], info: dict[str, object], setup: Setup) -> str:
+    by_short = {v.short: v for v in variants}
+    cuda = setup.device.startswith("cuda")
+    lines = ["| what | batch | s per call (median) | images/s | loop it/s | ratio | peak extra memory |",
+             "|---|---:|---:|---:|---:|---|---:|"]
+    for variant in variants:
+        if variant.versus is None:
+            ratio = "1.00× (reference)"
+        else:
+            ref = by_short[variant.versus]
+            ratio = f"{variant.images_per_s() / ref.images_per_s():.2f}× {ref.short} images/s"
+        peak = gib(max(variant.peaks)) if cuda else "—"
+        lines.append(f"| {variant.name} | {variant.batch} | {variant.seconds():.3f} | {variant.images_per_s():.2f} "
+                     f"| {statistics.median(variant.rates):.1f} | {ratio} | {peak} |")
+        if variant.short == "compile":
+            note = f"; {info['compile_note']}" if "compile_note" in info else ""
+            lines.append(f"| torch_compile: engine.warm_up() at start (64 px, 2 steps{note}) | 1 | "
+                         f"{info['compile_warm_up_s']:.1f} | — | — | once | — |")
+            lines.append(f"| torch_compile: then the first call at {setup.size} px | 1 | "
+                         f"{info['compile_first_s']:.1f} | — | — | once | — |")
+    return "\n".join(lines)
+
+
+def describe(setup: Setup, info: dict[str, object], *, folder_s: float) -> list[str]:
+    import diffusers
+
+    from bench.common import machine
+
+    gpu = torch.cuda.get_device_name(0) if setup.device.startswith("cuda") else "none (smoke run on CPU)"
+    dtype = {torch.float16: "fp16", torch.float32: "fp32", torch.bfloat16: "bf16"}[setup.dtype]
+    model = "tiny random-weight pipeline (smoke)" if setup.smoke else "SD 1.5 architecture, random weights"
+    memory = info["memory"]
+    lines = [
+        f"GPU: {gpu}. Machine: {machine()} (CUDA {torch.version.cuda}), diffusers {diffusers.__version__}; "
+        f"{time.strftime('%Y-%m-%d')}.",
+        f"Model: {model}, {dtype}, {setup.size}×{setup.size} px, {setup.steps} steps at strength 1.0 "
+        f"(latents of one random image encoded once), guidance 7.5, DDIM; {setup.rounds} interleaved "
+        f"rounds, medians. Built and saved in {folder_s:.0f} s.",
+    ]
+    if setup.device.startswith("cuda"):
+        lines.append(
+            f"Peak memory (torch.cuda.max_memory_allocated) over the whole run: {gib(info['peak_total'])}, "
+            f"with {len(memory)} pipelines resident at once ({gib(memory['raw'])} each for the plain "
+            "pipeline); \"peak extra\" is one call's peak above what was allocated before it.")
+    return lines
+
+
+# What docs/benchmarks.md says in this section until the script has run on a GPU with --write-docs.
+PLACEHOLDER = """\
+## SD 1.5 on a GPU: plain diffusers vs the engine, and the speed options (`bench/gpu_sd15.py`)
+
+Command: `.venv/bin/python bench/gpu_sd15.py --write-docs` on a CUDA machine with the project
+installed (no hub access needed: it builds the SD 1.5 architecture with random weights, saves it
+and loads it through `DiffusionEngine.load(folder, device="cuda", dtype=fp16, options=...)`).
+It measures at 512×512, 20 steps, strength 1.0: (a) plain diffusers `StableDiffusionImg2ImgPipeline`
+at batch 1 (images/s, loop it/s); (b) the engine at batch 1 and `generate_batch` at batch 8
+(images/s, ratio vs (a)); (c) attention sdpa vs math, channels_last, torch_compile (warm-up and
+first call apart from the steady state) and VAE slicing at batch 8, with peak memory.
+
+**Not yet run: no GPU was available to this project.** No figure below is ours.
+
+Published anchors (quoted from DESIGN.md, measured by others with the real SD 1.5 weights;
+not pixelmill figures): SD 1.5, 512², fp16, batch 1 — H100 ≈ 54 it/s plain PyTorch, ≈ 66 it/s with
+torch.compile, ≈ 105 it/s with stable-fast; A100 ≈ 31 it/s with SDPA, ≈ 47 it/s compiled,
+≈ 61 it/s TensorRT (50 steps in 0.82 s).
+
+`.venv/bin/python bench/gpu_sd15.py --smoke` runs the same code path on a CPU with the tiny model
+in seconds (its figures mean nothing for a GPU and are never written here)."""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true",
+                        help="run the same code path on CPU with the tiny pipeline and tiny sizes (a test, not a benchmark)")
+    parser.add_argument("--write-docs", action="store_true", help="write the table into docs/benchmarks.md")
+    parser.add_argument("--size", type=int, default=None, help="image side in px (default 512; smoke 64)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default 20; smoke 3)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5; smoke 2)")
+    parser.add_argument("--skip-compile", action="store_true", help="leave out torch_compile (saves minutes of compiling)")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+
+    if args.smoke:
+        if args.write_docs:
+            parser.error("--smoke figures are CPU figures of a tiny model: they are never written to the docs")
+        torch.set_num_threads(1)  # steadier on a shared 2-core machine; the smoke run is a test anyway
+        setup = Setup(device="cpu", dtype=torch.float32, size=args.size or 64, steps=args.steps or 3,
+                      batch=args.batch, rounds=args.rounds or 2, smoke=True)
+    else:
+        if not torch.cuda.is_available():
+            print(f"gpu_sd15.py needs a CUDA GPU, and torch {torch.__version__} sees none here "
+                  "(torch.cuda.is_available() is False). Run it on a machine with an NVIDIA GPU and a CUDA "
+                  "build of torch, or run the same code path on this CPU with --smoke.", file=sys.stderr)
+            sys.exit(NO_GPU_EXIT)
+        setup = Setup(device="cuda", dtype=torch.float16, size=args.size or 512, steps=args.steps or 20,
+                      batch=args.batch, rounds=args.rounds or 5, smoke=False)
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pixelmill-gpu-sd15-") as scratch:
+        folder = build_folder(setup, Path(scratch))
+        folder_s = time.perf_counter() - started
+        print(f"  built {folder.name} in {folder_s:.1f} s", flush=True)
+        variants, info = measure(setup, folder, skip_compile=args.skip_compile)
+    table = render_table(variants, info, setup)
+    header = describe(setup, info, folder_s=folder_s)
+    print()
+    print("\n".join(header))
+    print()
+    print(table)
+    print(f"\n{time.perf_counter() - started:.0f} s in all")
+    if args.write_docs:
+        from bench.common import write_section
+
+        command = " ".join([".venv/bin/python bench/gpu_sd15.py", *sys.argv[1:]])
+        block = "\n".join([
+            "## SD 1.5 on a GPU: plain diffusers vs the engine, and the speed options (`bench/gpu_sd15.py`)",
+            "",
+            f"Command: `{command}`; all figures from one run.",
+            "",
+            *header,
+            "",
+            table,
+            "",
+            "\"loop it/s\" is the denoising loop's rate between the first and the last step callback (the "
+            "device synchronised at each step), comparable with published it/s figures; images/s is end "
+            "to end. Published anchors (DESIGN.md, by others, real weights, batch 1, fp16, 512²): H100 ≈ 54 "
+            "it/s plain PyTorch, ≈ 66 it/s with torch.compile; A100 ≈ 31 it/s with SDPA, ≈ 47 it/s compiled.",
+        ])
+        write_section(SECTION, block, path=args.out)
+        print(f"written to {args.out} (section {SECTION})")
+
+
+if __name__ == "__main__":
+    main()
