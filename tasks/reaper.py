@@ -5,6 +5,12 @@
   ``stage_deadline_s`` is stuck: its chain is enqueued again from that stage (stages are
   idempotent: a re-run finds the done markers), or, once the stage has used up
   ``max_stage_attempts``, the job is failed.
+- A job that waited for its next stage across a restart of the Redis broker is enqueued again
+  from that stage at once. kombu's Redis transport takes a message off the queue (BRPOP) and
+  then records it as unacknowledged in a second call: a restart between the two loses the
+  message. Which job's message it was cannot be told, so every job that was waiting (its stage
+  not started, no change since before the restart) gets one more; a duplicate finds the done
+  markers or the terminal state and does nothing. RabbitMQ keeps unacknowledged messages itself.
 
 Run it as a process (``pixelmill reaper``); several reapers are safe: each change is a
 transaction and terminal states never change.
@@ -15,6 +21,9 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
+
+import redis
 
 from tasks.errors import InvalidTransition, JobNotFound
 from tasks.jobs import Job, JobStatus
@@ -36,23 +45,44 @@ class ReapReport:
 def reap(rt: Runtime, *, now: float | None = None) -> ReapReport:
     now = now or time.time()
     report = ReapReport()
+    broker_since = broker_started_at(rt, now=now)
     for job in _unfinished_jobs(rt):
         try:
-            _reap_job(rt, job, now=now, report=report)
+            _reap_job(rt, job, now=now, broker_since=broker_since, report=report)
         except (InvalidTransition, JobNotFound):
             continue  # it moved on (or ended) while we looked: not stuck
     return report
 
 
-def _reap_job(rt: Runtime, job: Job, *, now: float, report: ReapReport) -> None:
+def broker_started_at(rt: Runtime, *, now: float) -> float | None:
+    """When the Redis broker last started, by this clock (None for another broker). Its uptime
+    counts whole seconds, so this is never before the real start."""
+    if not rt.settings.broker().startswith(("redis://", "rediss://", "unix://")):
+        return None
+    client = rt.redis if rt.settings.broker() == rt.settings.redis_url else _broker_client(rt.settings.broker())
+    return now - int(client.info("server")["uptime_in_seconds"])
+
+
+@lru_cache(maxsize=4)
+def _broker_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+
+
+def _reap_job(rt: Runtime, job: Job, *, now: float, broker_since: float | None, report: ReapReport) -> None:
     if job.is_expired(now):
         rt.store.fail(job.id, code="expired", message="the job passed its deadline before it could finish")
         report.expired.append(job.id)
         return
     stage = current_stage(job)
-    if stage is None or job.status is JobStatus.QUEUED:
-        return  # waiting in a queue is not being stuck
+    if stage is None:
+        return
     record = job.stages[stage]
+    if record.started_at is None and broker_since is not None and job.updated_at < broker_since:
+        log.warning("job %s waited for its %s stage across a broker restart; enqueuing it again", job.id, stage)
+        _requeue(rt, job, stage, report)
+        return
+    if job.status is JobStatus.QUEUED:
+        return  # waiting in a queue is not being stuck
     heartbeat = max(record.started_at or 0, rt.store.fetch_progress(job.id).get("at", 0), job.updated_at)
     if now - heartbeat < rt.settings.stage_deadline_s:
         return
@@ -62,7 +92,11 @@ def _reap_job(rt: Runtime, job: Job, *, now: float, report: ReapReport) -> None:
         report.failed.append(job.id)
         return
     log.warning("job %s stuck in %s for %.0f s; enqueuing again from there", job.id, stage, now - heartbeat)
-    rt.store.touch(job.id)
+    _requeue(rt, job, stage, report)
+
+
+def _requeue(rt: Runtime, job: Job, stage: str, report: ReapReport) -> None:
+    rt.store.touch(job.id)  # first: a later pass sees a change after the restart, and no deadline passed
     enqueue_from(job, stage, rt.settings)
     report.requeued.append(job.id)
 

@@ -14,12 +14,13 @@ from cache.policy import check_memory_policy
 from cache.service import CacheConfig, LatentCache
 from safety.nsfw import get_classifier
 from safety.policy import Action, AuditPolicy
+from tasks.batching import GenerateBatcher
 from tasks.blobs import BlobStore
+from tasks.jobs import JobParams
 from tasks.settings import Settings, get_settings
 from tasks.store import JobStore
 from tasks.tenants import TenantStore
 from tasks.webhooks.store import WebhookStore
-from tasks.batching import GenerateBatcher
 from workers import residency
 from workers.diffusion import EngineOptions
 
@@ -111,7 +112,10 @@ class Runtime:
             log.warning("latent cache: %s", problem)
         if self.settings.preload_models and self.settings.diffusion_model:
             loaded = self.diffusion()
-            loaded.engine.warm_up()
+            # torch.compile specialises on shapes: warm a compiled UNet up at the working size (the
+            # default, square), so the first real request does not pay for the compile.
+            size = JobParams.model_fields["size"].default if self.settings.torch_compile else 64
+            loaded.engine.warm_up(size=size)
             log.info("diffusion model %s resident on %s (%s), warmed up", loaded.engine.model, loaded.device,
                      loaded.dtype_name)
         if batching and self.settings.gpu_max_batch > 1 and self._batcher is None:

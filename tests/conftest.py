@@ -122,6 +122,18 @@ def workers(redis_server: RedisServer, tiny_model: Path) -> Iterator[subprocess.
             stop_worker(proc)
 
 
+def declare_test_queue(name: str) -> str:
+    """Let this process's Celery app send to ``name``, a queue only tests use (the app knows only
+    cpu, gpu and io): the stages a test routes there wait until it consumes them, or for ever."""
+    from kombu import Queue
+
+    from tasks.celery_app import app
+
+    if name not in app.amqp.queues:
+        app.amqp.queues.add(Queue(name))
+    return name
+
+
 def stop_worker(proc: subprocess.Popen, *, timeout_s: float = 20) -> None:
     """Warm shutdown (SIGTERM), then SIGKILL of the whole process group if it lingers."""
     if proc.poll() is not None:

@@ -8,11 +8,13 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import zipfile
+from contextlib import contextmanager
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,7 +24,7 @@ import requests
 from PIL import Image
 from werkzeug.serving import make_server
 
-from tests.conftest import ROOT, encode, photo
+from tests.conftest import ROOT, declare_test_queue, encode, photo
 from workers.cli import main
 from workers.redis_server import free_port
 from workers.submit_state import STATE_NAME
@@ -146,24 +148,50 @@ def test_a_rerun_submits_only_what_was_never_submitted(server, tmp_path, capsys)
     assert "0 to submit" in stdout
 
 
-def test_ctrl_c_then_rerun_finishes_without_resubmitting(server, tmp_path, capsys):
+HELD = declare_test_queue("cli-held")  # a queue the session's workers consume only when a test says so
+
+
+@pytest.fixture(scope="module")
+def held_server(workers) -> Iterator[str]:
+    """A server whose style jobs wait for their first stage in a queue of their own until
+    :func:`_release_held` lets a worker take them (the rest of each chain goes the usual way)."""
+    from tasks.settings import Settings
+    from web import create_app
+
+    yield from _serve(create_app(Settings(routes={"encode:style": HELD})))
+
+
+@contextmanager
+def _release_held() -> Iterator[None]:
+    from tasks.celery_app import app
+
+    worker = [f"test-{os.getpid()}@{socket.gethostname()}"]  # the session's cpu worker (conftest)
+    assert app.control.add_consumer(HELD, destination=worker, reply=True, timeout=10)
+    try:
+        yield
+    finally:
+        app.control.cancel_consumer(HELD, destination=worker, reply=True, timeout=10)
+
+
+def test_ctrl_c_then_rerun_finishes_without_resubmitting(held_server, tmp_path, capsys):
+    """Ctrl-C while waiting (every input submitted, its jobs held in their queue), then the same
+    command again: it polls and fetches the jobs it has, and submits nothing."""
     tag = f"sigint-{secrets.token_hex(3)}"
     root = tmp_path / "in"
-    count = 8
+    count = 6
     for i in range(count):
         _write(root / tag / f"p{i}.jpg", i)
     out = tmp_path / "out"
-    argv = ["submit", str(root), "--url", server, "--wait", "--out", str(out), "--batch-size", "2",
-            "--no-progress", "--size", "160", "--style", "watercolor"]
+    argv = ["submit", str(root), "--url", held_server, "--wait", "--out", str(out), "--batch-size", "2",
+            "--no-progress", *FAST]
     proc = subprocess.Popen([sys.executable, "-m", "workers.cli", *argv], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         deadline = time.monotonic() + 60
-        while True:  # every input submitted (no upload in flight) and some results saved
+        while True:  # every input submitted: no upload in flight, the CLI is polling
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             entries = _state(out) if (out / STATE_NAME).exists() else {}
-            if len(entries) == count and all(e["job_id"] for e in entries.values()) \
-                    and any(e["downloaded"] for e in entries.values()):
+            if len(entries) == count and all(e["job_id"] for e in entries.values()):
                 break
             time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
@@ -175,15 +203,17 @@ def test_ctrl_c_then_rerun_finishes_without_resubmitting(server, tmp_path, capsy
     assert proc.returncode == 130, stdout + stderr
     assert "To resume, run the same command again" in stderr and f"pixelmill {' '.join(argv)}" in stderr
     interrupted = _state(out)
-    assert not all(e["downloaded"] for e in interrupted.values())  # the rerun has jobs to poll and fetch
+    assert not any(e["downloaded"] for e in interrupted.values())
 
-    code, stdout, stderr = _submit(capsys, *argv[1:])
+    with _release_held():
+        code, stdout, stderr = _submit(capsys, *argv[1:])
     assert code == 0, stdout + stderr
+    assert "0 to submit" in stdout
     final = _state(out)
     assert {k: e["job_id"] for k, e in final.items()} == {k: e["job_id"] for k, e in interrupted.items()}
     assert all(e["downloaded"] for e in final.values())
     assert len(list((out / tag).glob("*.png"))) == count
-    assert len(_server_jobs(server, f"{tag}/")) == count  # nothing was submitted twice
+    assert len(_server_jobs(held_server, f"{tag}/")) == count  # nothing was submitted twice
 
 
 def test_refused_files_are_reported_and_the_rest_goes_on(server, tmp_path, capsys):

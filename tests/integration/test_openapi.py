@@ -1,7 +1,8 @@
 """The OpenAPI description of the JSON API (web/openapi.py) against the real app and a private Redis:
 it covers every route, real payloads fit the models it publishes, the docs page renders it, and
-schemathesis finds no server error and no answer that strays from it. No workers: submissions only
-enqueue, and jobs are moved through their stages with the store's own transition methods."""
+schemathesis finds no server error and no answer that strays from it. No workers: submissions go to
+a queue nobody consumes (the session's workers may be up, and must not race the test), and jobs are
+moved through their stages with the store's own transition methods."""
 
 from __future__ import annotations
 
@@ -21,23 +22,35 @@ from safety.policy import AuditPolicy, decide
 from safety.quality import check_quality
 from tasks.events import JobEvent
 from tasks.jobs import JobParams, JobStatus
+from tasks.pipeline import DEFAULT_ROUTES
 from tasks.settings import Settings
 from tasks.webhooks.models import Attempt, Delivery
-from tests.conftest import encode, photo
+from tests.conftest import declare_test_queue, encode, photo
 from web import openapi, schemas
 
 pytestmark = pytest.mark.integration
 
 FUZZ_TENANT = "fuzz"
 HOOK_URL = "http://127.0.0.1:9/hooks/pixelmill"  # loopback: allowed in the test session; never called here
+PARKED = {key.split(":")[0] + ":" + engine: declare_test_queue("openapi-parked")  # every stage of every engine
+          for key in DEFAULT_ROUTES for engine in ("*", "diffusion", "style")}
+
+
+def _app(**settings):
+    from web import create_app
+
+    app = create_app(Settings(routes=PARKED, **settings))
+    app.config["TESTING"] = True
+    return app
 
 
 def _secure_app():
-    from web import create_app
+    return _app(auth_enabled=True)
 
-    app = create_app(Settings(auth_enabled=True))
-    app.config["TESTING"] = True
-    return app
+
+@pytest.fixture
+def app(redis_server):
+    return _app()
 
 
 @pytest.fixture
