@@ -28,8 +28,15 @@ test-deps: install .cache/compose-spec.json
 run: install  ## start Redis (unless PIXELMILL_REDIS_URL is set), workers and the web server
 	$(BIN)/pixelmill up
 
+# The fault-injection tests mostly wait on clusters of their own (worker restarts, visibility
+# timeouts): they run beside the rest, as a second pytest session, their report printed after.
 test: test-deps  ## unit, integration (private Redis, real workers), end-to-end and fault-injection tests
-	$(BIN)/python -m pytest
+	@mkdir -p var/test-artifacts
+	@$(BIN)/python -m pytest -m faults tests/faults > var/test-artifacts/faults.log 2>&1 & faults=$$!; \
+	$(BIN)/python -m pytest -m "not faults"; rest=$$?; \
+	wait $$faults; faults_rc=$$?; \
+	echo "--- fault-injection tests (tests/faults, run beside the rest) ---"; cat var/test-artifacts/faults.log; \
+	exit $$(( rest || faults_rc ))
 
 test-unit: test-deps
 	$(BIN)/python -m pytest tests/unit

@@ -38,9 +38,9 @@ class Cluster:
             "PIXELMILL_DATA_DIR": str(root / "data"),
             "PIXELMILL_DIFFUSION_MODEL": str(model),
             # Kept in order (visibility > hard > soft) and short, so a lost message returns quickly.
-            "PIXELMILL_TASK_SOFT_TIME_LIMIT": "25",
-            "PIXELMILL_TASK_TIME_LIMIT": "30",
-            "PIXELMILL_VISIBILITY_TIMEOUT": "35",
+            "PIXELMILL_TASK_SOFT_TIME_LIMIT": "10",
+            "PIXELMILL_TASK_TIME_LIMIT": "12",
+            "PIXELMILL_VISIBILITY_TIMEOUT": "15",
             "PIXELMILL_UNACKED_RESTORE_INTERVAL_S": "2",
             "PIXELMILL_PRELOAD_MODELS": "1",  # as gpu workers do: load before taking work
             "PIXELMILL_WEBHOOK_ALLOW_PRIVATE": "1",  # the event receiver below is on loopback
