@@ -40,13 +40,17 @@ def main() -> None:
     from bench import plain_chain
     from tasks.celery_app import app
 
-    procs = [start_worker("bench.noop_stages", queues="cpu,gpu,io", pool="prefork", concurrency=2,
+    procs = [start_worker("bench.noop_stages", queues="cpu,gpu", pool="prefork", concurrency=2,
                           name="pixelmill", log_dir=tmp),
+             # webhook dispatch on its own io worker, as `make run` and the compose file deploy it
+             start_worker("bench.noop_stages", queues="io", pool="threads", concurrency=4, name="pixelmill-io",
+                          log_dir=tmp),
              start_worker("bench.plain_chain", queues="cpu", pool="prefork", concurrency=2, name="plain",
                           log_dir=tmp)]
     try:
         wait_ready(app, procs[0], name="pixelmill")
-        wait_ready(plain_chain.app, procs[1], name="plain")
+        wait_ready(app, procs[1], name="pixelmill-io")
+        wait_ready(plain_chain.app, procs[2], name="plain")
         rows = measure(args)
     finally:
         stop(procs)

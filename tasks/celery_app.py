@@ -43,8 +43,8 @@ def celery_config(settings: Settings) -> dict:
         "task_queues": [Queue(name) for name in QUEUES],
         "task_create_missing_queues": False,
         "worker_hijack_root_logger": False,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        "worker_send_task_events": settings.task_events,  # Flower enables them remotely while it runs
+        "task_send_sent_event": settings.task_events,
     }
 
 

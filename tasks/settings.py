@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     cancel_tasks_on_connection_loss: bool = Field(
         True, description="stage workers: cancel running tasks when the broker goes (they are redelivered); "
                           "off for io (threads pool) workers, whose deliveries are idempotent")
+    task_events: bool = Field(False, description="workers send Celery task events (each task's received/started/"
+                                                 "succeeded); Flower turns them on by itself while it runs")
     unacked_restore_interval_s: int = Field(10, description="Redis broker: how often to look for messages of dead workers")
     max_stage_attempts: int = Field(4, description="deliveries of one stage before the job is failed as poison")
     stage_deadline_s: int = Field(2100, description="a running stage with no heartbeat this long is stuck (reaper)")
