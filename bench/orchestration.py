@@ -133,7 +133,17 @@ sides interleaved (submit → done, polled every millisecond); throughput is a b
 The pixelmill side is the real service path with the work taken out (`bench/noop_stages.py`):
 upload validation and the content-addressed blob write at submit, the job record, four stage
 tasks each doing its done-marker check, start and finish transactions (WATCH/MULTI), the
-webhook outbox events and the io-queue kick, the metrics and the chain hops.""")
+webhook outbox events and the io-queue kick, the metrics and the chain hops. Webhook dispatch
+runs on its own io worker (threads), as `make run` and docker-compose.yml deploy it; Celery task
+events are off on both sides (pixelmill's default; Flower turns them on while it runs).
+
+Where the difference goes (py-spy on the worker, 20 s of sequential jobs): the stage tasks spend
+most of their extra time in Redis round trips and redis-py's packing and parsing — the fetch, the
+start and finish transactions (WATCH, GET, MULTI…EXEC each) and the metrics pipeline, about
+eight round trips per stage where the plain chain makes none of its own — and in serialising the
+job record (JSON) for each transition and event. A durable per-job state machine costs this
+much with client-side transactions; moving each transition into one server-side script (one
+round trip) is the next step.""")
 
 
 if __name__ == "__main__":

@@ -46,12 +46,10 @@ class Runtime:
         return WebhookStore(self.redis, ttl_s=self.settings.job_ttl_s)
 
     def _announce(self, events: list) -> None:
-        """Job events are already in the outbox (same transaction as the change); wake the io
-        queue, unless a dispatch is already on its way (it drains whatever is there when it runs)."""
-        from tasks.webhooks.tasks import kick, kick_pending
+        """Job events are already in the outbox (same transaction as the change); wake the io queue."""
+        from tasks.webhooks.tasks import kick
 
-        if kick_pending(self.redis):
-            kick(self.settings)
+        kick(self.settings)
 
     @cached_property
     def tenants(self) -> TenantStore:

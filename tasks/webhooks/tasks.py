@@ -29,24 +29,9 @@ def io_queue(settings: Settings) -> str:
     return route_for("notify", "*", overrides=settings.routes)
 
 
-# Set by the first kick, cleared by the dispatch it sent before that dispatch drains: kicks in
-# between need no dispatch of their own. Expires, so a lost dispatch message delays nothing long.
-KICK_PENDING = "pixelmill:webhook:kick-pending"
-KICK_PENDING_TTL_S = 5
-
-
-def kick_pending(client: redis.Redis) -> bool:
-    """True when this caller should send the dispatch (none is on its way); True if Redis fails."""
-    try:
-        return bool(client.set(KICK_PENDING, 1, nx=True, ex=KICK_PENDING_TTL_S))
-    except redis.RedisError:
-        return True
-
-
 @app.task(name="pixelmill.webhooks.dispatch", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
 def dispatch() -> None:
     rt = get_runtime()
-    rt.redis.delete(KICK_PENDING)  # first: an event written from now on sends a dispatch of its own
     drain(rt, enqueue=partial(enqueue_delivery, rt.settings))
     sweep(rt)
 
