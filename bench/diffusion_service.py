@@ -6,7 +6,7 @@ steps, strength and size, side by side in one run.
 On this CPU-only machine the model is the tiny random-weight SD pipeline (workers/tiny_model.py);
 on a GPU, point --model at an SD 1.5 folder (bench/gpu_sd15.py builds the random-weight one).
 
-    .venv/bin/python bench/diffusion_service.py [--size 128] [--steps 20] [--rounds 3] [--threads 1] [--no-write]
+    .venv/bin/python bench/diffusion_service.py [--size 256] [--steps 20] [--rounds 3] [--threads 1] [--no-write]
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ def photos(count: int, size: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--strength", type=float, default=0.75)
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each measurement, interleaved")
