@@ -10,10 +10,9 @@ through the engine's real `from_pretrained` path (DESIGN.md, "Models without a h
   DownEncoderBlock2D / UpDecoderBlock2D, 4 latent channels, 2 layers per block (downsamples by 8);
 * CLIPTextModel with SD 1.5's text-encoder config (CLIP ViT-L/14 text tower: hidden 768, 12 layers,
   12 heads, MLP 3072, quick_gelu, vocab 49408, 77 positions);
-* a CLIPTokenizer from two files written here: a byte-level vocab.json (the 256 byte characters,
-  the same with `</w>`, and the two special tokens — 514 ids, all below the vocab size) and a
-  merges.txt holding only the header; model_max_length 77;
-* DDIM with SD's noise schedule, so `steps` is exactly the number of UNet calls.
+* the byte-level CLIPTokenizer and DDIM with SD's noise schedule of the tiny test model
+  (workers/tiny_model.py, which assembles both pipelines), so `steps` is exactly the number of
+  UNet calls.
 
     from bench.sd15 import build_sd15_pipeline
     build_sd15_pipeline("/tmp/sd15", dtype=torch.float16)
@@ -21,40 +20,17 @@ through the engine's real `from_pretrained` path (DESIGN.md, "Models without a h
 
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
 from diffusers.utils import logging as diffusers_logging
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-BOS = "<|startoftext|>"
-EOS = "<|endoftext|>"
-MAX_TOKENS = 77
+from workers.tiny_model import MAX_TOKENS, random_img2img_pipeline
+
 TEXT_VOCAB_SIZE = 49408
 HIDDEN = 768
-
-
-def byte_level_alphabet() -> list[str]:
-    """GPT-2's bytes_to_unicode: one printable character for each of the 256 byte values."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = {byte: byte for byte in printable}
-    for extra, byte in enumerate(b for b in range(256) if b not in chars):
-        chars[byte] = 256 + extra
-    return [chr(chars[byte]) for byte in range(256)]
-
-
-def build_tokenizer(folder: Path) -> CLIPTokenizer:
-    """A character-level CLIP tokenizer (514 ids, no merges) from vocab.json and merges.txt written to `folder`."""
-    alphabet = byte_level_alphabet()
-    tokens = [*alphabet, *(char + "</w>" for char in alphabet), BOS, EOS]
-    (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}), encoding="utf-8")
-    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=MAX_TOKENS)
-    assert len(tokenizer) <= TEXT_VOCAB_SIZE, "every token id must be below the text encoder's vocab_size"
-    return tokenizer
 
 
 def text_encoder_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
@@ -75,6 +51,11 @@ def text_encoder_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
     )
 
 
+def build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    assert len(tokenizer) <= TEXT_VOCAB_SIZE, "every token id must be below the text encoder's vocab_size"
+    return CLIPTextModel(text_encoder_config(tokenizer))
+
+
 def build_unet() -> UNet2DConditionModel:
     return UNet2DConditionModel(cross_attention_dim=HIDDEN, sample_size=64)
 
@@ -90,29 +71,11 @@ def build_vae() -> AutoencoderKL:
     )
 
 
-def build_scheduler() -> DDIMScheduler:
-    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                         set_alpha_to_one=False, steps_offset=1)
-
-
 def build_sd15_pipeline(path: str | Path, *, seed: int = 0, dtype: torch.dtype = torch.float16) -> Path:
     """Build the SD 1.5-size img2img pipeline with random weights fixed by `seed`, save it to `path`
     in `dtype` (fp16: 2 GB on disk instead of 4) and return `path`. Takes ~20-60 s on a CPU."""
     target = Path(path)
-    with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = build_tokenizer(Path(scratch))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        pipe = StableDiffusionImg2ImgPipeline(
-            vae=build_vae(),
-            text_encoder=CLIPTextModel(text_encoder_config(tokenizer)),
-            tokenizer=tokenizer,
-            unet=build_unet(),
-            scheduler=build_scheduler(),
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
+    pipe = random_img2img_pipeline(vae=build_vae, text_encoder=build_text_encoder, unet=build_unet, seed=seed)
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # to() warns that no module must stay in fp32: noise here
     try:

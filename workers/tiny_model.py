@@ -3,12 +3,17 @@
 It has the real architecture's shapes where they matter (4 latent channels, a VAE that
 downsamples by 8, a CLIP text encoder behind a CLIP tokenizer) but only a few thousand
 parameters per block, so it runs in about a second on a CPU and needs no download.
+
+`random_img2img_pipeline` assembles any SD-shaped img2img pipeline with random weights (the
+byte-level tokenizer, DDIM with SD's schedule, the models given); bench/sd15.py builds the
+SD 1.5-size one with it.
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -31,8 +36,8 @@ def _byte_level_alphabet() -> list[str]:
     return [chr(chars[byte]) for byte in range(256)]
 
 
-def _build_tokenizer(folder: Path) -> CLIPTokenizer:
-    """A character-level CLIP tokenizer: 514 tokens, no merges."""
+def build_byte_tokenizer(folder: Path) -> CLIPTokenizer:
+    """A character-level CLIP tokenizer (514 ids, no merges) from vocab.json and merges.txt written to `folder`."""
     alphabet = _byte_level_alphabet()
     tokens = [*alphabet, *(char + "</w>" for char in alphabet), BOS, EOS]
     (folder / "vocab.json").write_text(json.dumps({token: i for i, token in enumerate(tokens)}), encoding="utf-8")
@@ -84,7 +89,7 @@ def _build_vae() -> AutoencoderKL:
     )
 
 
-def _build_scheduler() -> DDIMScheduler:
+def sd_scheduler() -> DDIMScheduler:
     """DDIM with Stable Diffusion's noise schedule."""
     return DDIMScheduler(
         beta_start=0.00085,
@@ -96,22 +101,30 @@ def _build_scheduler() -> DDIMScheduler:
     )
 
 
-def build_tiny_pipeline(path: str | Path, *, seed: int = 0) -> Path:
-    """Build the tiny pipeline with weights fixed by `seed`, save it to `path` and return `path`."""
-    target = Path(path)
+def random_img2img_pipeline(*, vae: Callable[[], AutoencoderKL],
+                            text_encoder: Callable[[CLIPTokenizer], CLIPTextModel],
+                            unet: Callable[[], UNet2DConditionModel], seed: int = 0) -> StableDiffusionImg2ImgPipeline:
+    """An img2img pipeline of the models the builders make, with random weights fixed by `seed`
+    (drawn in the order VAE, text encoder, UNet), the byte-level tokenizer and DDIM."""
     with tempfile.TemporaryDirectory() as scratch:
-        tokenizer = _build_tokenizer(Path(scratch))
+        tokenizer = build_byte_tokenizer(Path(scratch))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        pipe = StableDiffusionImg2ImgPipeline(
-            vae=_build_vae(),
-            text_encoder=_build_text_encoder(tokenizer),
+        return StableDiffusionImg2ImgPipeline(
+            vae=vae(),
+            text_encoder=text_encoder(tokenizer),
             tokenizer=tokenizer,
-            unet=_build_unet(),
-            scheduler=_build_scheduler(),
+            unet=unet(),
+            scheduler=sd_scheduler(),
             safety_checker=None,
             feature_extractor=None,
             requires_safety_checker=False,
         )
-    pipe.save_pretrained(target)
+
+
+def build_tiny_pipeline(path: str | Path, *, seed: int = 0) -> Path:
+    """Build the tiny pipeline with weights fixed by `seed`, save it to `path` and return `path`."""
+    target = Path(path)
+    random_img2img_pipeline(vae=_build_vae, text_encoder=_build_text_encoder, unet=_build_unet,
+                            seed=seed).save_pretrained(target)
     return target
