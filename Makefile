@@ -50,7 +50,7 @@ test-e2e: test-deps
 test-faults: install  ## fault injection only: killed workers, Redis restart, cancel, reaper (Redis and RabbitMQ brokers)
 	$(BIN)/python -m pytest -m faults tests/faults
 
-bench: bench-orchestration bench-diffusion bench-engine-options bench-cache bench-pipeline  ## all of them, ~10 min on 2 cores; each writes its section of docs/benchmarks.md
+bench: bench-orchestration bench-diffusion bench-engine-options bench-cache bench-pipeline  ## all of them, ~5 min on 2 cores; each writes its section of docs/benchmarks.md
 
 bench-orchestration: install  ## the pipeline with no-op engines vs a plain Celery chain of 4 no-op tasks: p50/p99, jobs/s
 	$(BIN)/python bench/orchestration.py

@@ -21,9 +21,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
-
-import redis
 
 from tasks.errors import InvalidTransition, JobNotFound
 from tasks.jobs import Job, JobStatus
@@ -57,15 +54,9 @@ def reap(rt: Runtime, *, now: float | None = None) -> ReapReport:
 def broker_started_at(rt: Runtime, *, now: float) -> float | None:
     """When the Redis broker last started, by this clock (None for another broker). Its uptime
     counts whole seconds, so this is never before the real start."""
-    if not rt.settings.broker().startswith(("redis://", "rediss://", "unix://")):
+    if rt.broker_redis is None:
         return None
-    client = rt.redis if rt.settings.broker() == rt.settings.redis_url else _broker_client(rt.settings.broker())
-    return now - int(client.info("server")["uptime_in_seconds"])
-
-
-@lru_cache(maxsize=4)
-def _broker_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+    return now - int(rt.broker_redis.info("server")["uptime_in_seconds"])
 
 
 def _reap_job(rt: Runtime, job: Job, *, now: float, broker_since: float | None, report: ReapReport) -> None:

@@ -38,6 +38,16 @@ class Runtime:
                                     socket_connect_timeout=5, socket_timeout=30)
 
     @cached_property
+    def broker_redis(self) -> redis.Redis | None:
+        """The Redis broker (the store's client when they share a URL); None for another broker."""
+        url = self.settings.broker()
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            return None
+        if url == self.settings.redis_url:
+            return self.redis
+        return redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+
+    @cached_property
     def store(self) -> JobStore:
         return JobStore(self.redis, ttl_s=self.settings.job_ttl_s, on_events=self._announce)
 

@@ -134,6 +134,17 @@ def declare_test_queue(name: str) -> str:
     return name
 
 
+def routes_to(queue: str) -> dict[str, str]:
+    """A ``routes`` setting that sends every stage of every engine, and the webhook dispatch, to
+    ``queue`` (declared here): a test's jobs then wait there, out of the session workers' reach."""
+    from tasks.pipeline import DEFAULT_ROUTES
+
+    declare_test_queue(queue)
+    stages = {key.split(":")[0] for key in DEFAULT_ROUTES}
+    engines = {key.split(":")[1] for key in DEFAULT_ROUTES}
+    return {f"{stage}:{engine}": queue for stage in stages for engine in engines}
+
+
 def stop_worker(proc: subprocess.Popen, *, timeout_s: float = 20) -> None:
     """Warm shutdown (SIGTERM), then SIGKILL of the whole process group if it lingers."""
     if proc.poll() is not None:

@@ -22,18 +22,16 @@ from safety.policy import AuditPolicy, decide
 from safety.quality import check_quality
 from tasks.events import JobEvent
 from tasks.jobs import JobParams, JobStatus
-from tasks.pipeline import DEFAULT_ROUTES
 from tasks.settings import Settings
 from tasks.webhooks.models import Attempt, Delivery
-from tests.conftest import declare_test_queue, encode, photo
+from tests.conftest import encode, photo, routes_to
 from web import openapi, schemas
 
 pytestmark = pytest.mark.integration
 
 FUZZ_TENANT = "fuzz"
 HOOK_URL = "http://127.0.0.1:9/hooks/pixelmill"  # loopback: allowed in the test session; never called here
-PARKED = {key.split(":")[0] + ":" + engine: declare_test_queue("openapi-parked")  # every stage of every engine
-          for key in DEFAULT_ROUTES for engine in ("*", "diffusion", "style")}
+PARKED = routes_to("openapi-parked")
 
 
 def _app(**settings):

@@ -11,23 +11,21 @@ import time
 
 import pytest
 
-from tasks.pipeline import DEFAULT_ROUTES
 from tasks.reaper import broker_started_at, reap
 from tasks.settings import Settings
 from tasks.store import key_for
-from tests.conftest import declare_test_queue, encode, photo
+from tests.conftest import encode, photo, routes_to
 
 pytestmark = pytest.mark.integration
 
-PARKED = declare_test_queue("reaper-parked")
+PARKED = "reaper-parked"
 
 
 @pytest.fixture
 def app(redis_server):
     from web import create_app
 
-    routes = {key.split(":")[0] + ":" + engine: PARKED for key in DEFAULT_ROUTES for engine in ("*", "style")}
-    flask_app = create_app(Settings(routes=routes))
+    flask_app = create_app(Settings(routes=routes_to(PARKED)))
     flask_app.config["TESTING"] = True
     return flask_app
 
