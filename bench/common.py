@@ -91,7 +91,9 @@ def write_section(name: str, block: str, *, path: Path = DOCS) -> None:
     path.write_text(text)
 
 
-def table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def table(header: tuple[str, ...], rows: list[tuple[str, ...]], *, align: str = "") -> str:
+    """A Markdown table; ``align`` has one letter per column, ``r`` for right-aligned (numbers)."""
+    rule = "".join("---:|" if a == "r" else "---|" for a in align.ljust(len(header), "l"))
+    lines = ["| " + " | ".join(header) + " |", "|" + rule]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)

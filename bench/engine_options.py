@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bench.common import machine, write_section  # noqa: E402
+from bench.common import machine, table as markdown_table, write_section  # noqa: E402
 from workers.diffusion import DiffusionEngine, EngineOptions, GenerateParams  # noqa: E402
 from workers.tiny_model import build_tiny_pipeline  # noqa: E402
 
@@ -146,12 +146,6 @@ def rows_for(variants: list[Variant], extra: dict[str, float]) -> list[tuple[str
 HEADER = ("variant", "batch", "per image (median)", "range", "images/s", "speed vs reference", "max pixel Δ")
 
 
-def render_table(rows: list[tuple[str, ...]]) -> str:
-    lines = ["| " + " | ".join(HEADER) + " |", "|---|---:|---:|---:|---:|---|---:|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def verdict_of(variants: list[Variant]) -> str:
     """One clause per option: its median ratio and in how many of the interleaved rounds it beat its
     reference (a paired count: both ran in the same round, seconds apart), e.g.
@@ -230,7 +224,7 @@ def main() -> None:
         folder = build_tiny_pipeline(Path(scratch) / "tiny")
         variants, extra = measure(args, folder)
     elapsed = time.perf_counter() - started
-    table = render_table(rows_for(variants, extra))
+    table = markdown_table(HEADER, rows_for(variants, extra), align="lrrrrlr")
     verdict = verdict_of(variants)
     print()
     print(table)

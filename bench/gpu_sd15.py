@@ -44,6 +44,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from bench.common import machine, table as markdown_table, write_section  # noqa: E402
+
 SECTION = "gpu-sd15"
 PROMPT = "a photo of an astronaut riding a horse on the moon"
 NO_GPU_EXIT = 2
@@ -241,11 +243,13 @@ def gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n else "nothing"
 
 
+HEADER = ("what", "batch", "s per call (median)", "images/s", "loop it/s", "ratio", "peak extra memory")
+
+
 def render_table(variants: list[Variant], info: dict[str, object], setup: Setup) -> str:
     by_short = {v.short: v for v in variants}
     cuda = setup.device.startswith("cuda")
-    lines = ["| what | batch | s per call (median) | images/s | loop it/s | ratio | peak extra memory |",
-             "|---|---:|---:|---:|---:|---|---:|"]
+    rows = []
     for variant in variants:
         if variant.versus is None:
             ratio = "1.00× (reference)"
@@ -253,21 +257,19 @@ def render_table(variants: list[Variant], info: dict[str, object], setup: Setup)
             ref = by_short[variant.versus]
             ratio = f"{variant.images_per_s() / ref.images_per_s():.2f}× {ref.short} images/s"
         peak = gib(max(variant.peaks)) if cuda else "—"
-        lines.append(f"| {variant.name} | {variant.batch} | {variant.seconds():.3f} | {variant.images_per_s():.2f} "
-                     f"| {statistics.median(variant.rates):.1f} | {ratio} | {peak} |")
+        rows.append((variant.name, str(variant.batch), f"{variant.seconds():.3f}", f"{variant.images_per_s():.2f}",
+                     f"{statistics.median(variant.rates):.1f}", ratio, peak))
         if variant.short == "compile":
             note = f"; {info['compile_note']}" if "compile_note" in info else ""
-            lines.append(f"| torch_compile: engine.warm_up() at start (64 px, 2 steps{note}) | 1 | "
-                         f"{info['compile_warm_up_s']:.1f} | — | — | once | — |")
-            lines.append(f"| torch_compile: then the first call at {setup.size} px | 1 | "
-                         f"{info['compile_first_s']:.1f} | — | — | once | — |")
-    return "\n".join(lines)
+            rows.append((f"torch_compile: engine.warm_up() at start (64 px, 2 steps{note})", "1",
+                         f"{info['compile_warm_up_s']:.1f}", "—", "—", "once", "—"))
+            rows.append((f"torch_compile: then the first call at {setup.size} px", "1",
+                         f"{info['compile_first_s']:.1f}", "—", "—", "once", "—"))
+    return markdown_table(HEADER, rows, align="lrrrrlr")
 
 
 def describe(setup: Setup, info: dict[str, object], *, folder_s: float) -> list[str]:
     import diffusers
-
-    from bench.common import machine
 
     gpu = torch.cuda.get_device_name(0) if setup.device.startswith("cuda") else "none (smoke run on CPU)"
     dtype = {torch.float16: "fp16", torch.float32: "fp32", torch.bfloat16: "bf16"}[setup.dtype]
@@ -353,8 +355,6 @@ def main() -> None:
     print(table)
     print(f"\n{time.perf_counter() - started:.0f} s in all")
     if args.write_docs:
-        from bench.common import write_section
-
         command = " ".join([".venv/bin/python bench/gpu_sd15.py", *sys.argv[1:]])
         block = "\n".join([
             "## SD 1.5 on a GPU: plain diffusers vs the engine, and the speed options (`bench/gpu_sd15.py`)",
