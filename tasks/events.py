@@ -6,6 +6,10 @@ state change itself (see ``tasks.store.JobStore._update``), so an event can neve
 between "the job changed" and "someone was told". The webhook dispatcher on the io queue
 drains the outbox (``tasks.webhooks.dispatch``).
 
+Events are written only when someone may want them (a webhook endpoint or subscription that
+could match exists at that moment: ``tasks.webhooks.store.listener_keys``); the transition
+script decides, on the server.
+
 ``batch.completed`` is decided inside that same transaction: each job that reaches a
 terminal state adds itself to its batch's done-set, and the one whose addition makes the
 set complete pushes the batch event — exactly once, however jobs race.
@@ -16,12 +20,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
-import redis
-
 from tasks.jobs import STAGE_STATUS, Job, JobStatus
+from tasks.transition import COMPLETES_BATCH, LISTENED, AroundRecord, Writes
 
 PREFIX = "pixelmill"
 
@@ -34,19 +37,6 @@ _TERMINAL_EVENT = {
     JobStatus.BLOCKED: "job.blocked",
     JobStatus.CANCELED: "job.canceled",
 }
-
-# KEYS: batch done-set, outbox. ARGV: job id, batch size, batch event JSON, ttl seconds.
-_BATCH_DONE = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
-  redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4]))
-  if redis.call('SCARD', KEYS[1]) == tonumber(ARGV[2]) then
-    redis.call('RPUSH', KEYS[2], ARGV[3])
-    return 1
-  end
-end
-return 0
-"""
-
 
 def key_for(kind: str, *parts: str) -> str:
     """Every Redis key of the event outbox: ``pixelmill:events:<kind>:<parts…>``."""
@@ -76,8 +66,13 @@ class JobEvent:
         return cls(id=f"msg_{uuid.uuid4().hex}", type=type, tenant=tenant, subject=subject, at=time.time(),
                    job_id=job_id, batch_id=batch_id, snapshot=snapshot)
 
+    def around_snapshot(self) -> AroundRecord:
+        """The event as the transition script writes it: its snapshot is the record it writes."""
+        return AroundRecord({f.name: getattr(self, f.name) for f in fields(self) if f.name != "snapshot"}, "snapshot")
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # shallow (asdict deep-copies the snapshot: it was the costliest line of a transition)
+        return json.dumps({f.name: getattr(self, f.name) for f in fields(self)}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> "JobEvent":
@@ -96,13 +91,15 @@ def job_events(before: JobStatus, job: Job) -> list[JobEvent]:
                             snapshot=snapshot) for t in types]
 
 
-def stage_events(pipe: redis.client.Pipeline, job: Job, events: list[JobEvent], *, batch_size: int,
-                 ttl_s: int) -> None:
-    """Queue the outbox writes for ``events`` on a pipeline already in MULTI mode."""
-    for event in events:
-        pipe.rpush(OUTBOX, event.to_json())
+def stage_events(writes: Writes, job: Job, events: list[JobEvent], *, batch_size: int, ttl_s: int) -> None:
+    """Add the outbox writes for ``events`` to a transition: each event if someone listens, and
+    ``batch.completed`` if this job is the one that completes its batch."""
+    with writes.when(LISTENED):
+        for event in events:
+            writes.rpush(OUTBOX, event.around_snapshot())
     if job.batch_id and batch_size and job.status.is_terminal() and events:
+        writes.batch_done = (key_for("batch-done", job.batch_id), job.id, batch_size, ttl_s)
         batch_event = JobEvent.create(type="batch.completed", tenant=job.tenant, subject=job.batch_id,
                                       batch_id=job.batch_id)
-        pipe.eval(_BATCH_DONE, 2, key_for("batch-done", job.batch_id), OUTBOX,
-                  job.id, batch_size, batch_event.to_json(), ttl_s)
+        with writes.when(COMPLETES_BATCH):
+            writes.rpush(OUTBOX, batch_event.to_json())

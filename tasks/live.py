@@ -6,8 +6,8 @@ Messages are compact JSON objects with a ``type`` (docs/live.md):
 
 - ``job``: a committed transition — status, stage, error, links once finished, and the job's
   stored record, so a web process can render the public payload without reading Redis again.
-  Published inside the transition's own MULTI/EXEC (``stage_job``), so it goes out exactly
-  when the change commits, in commit order, and never for a change that did not commit.
+  Published by the transition's own script (``stage_job``, ``tasks.transition``), so it goes
+  out exactly when the change commits, in commit order, and never for a change that did not.
 - ``progress``: a denoising step (stage, step, steps), in save_progress's pipeline.
 - ``preview``: a new preview image was stored (``JobStore.save_preview``).
 
@@ -32,6 +32,7 @@ from redis.retry import Retry
 
 from tasks.jobs import Job, JobStatus
 from tasks.present import current_stage
+from tasks.transition import AroundRecord, Writes
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +53,24 @@ def channel_for(kind: str, subject_id: str) -> str:
 # --- publishing (the job store calls these) --------------------------------------------------
 
 def job_message(job: Job) -> dict[str, Any]:
+    """The ``job`` message without its ``record`` (the transition script adds the record it writes)."""
     message: dict[str, Any] = {
         "type": "job", "job_id": job.id, "batch_id": job.batch_id, "status": job.status.value,
         "stage": current_stage(job), "error": job.error, "updated_at": job.updated_at,
     }
     if job.status is JobStatus.SUCCEEDED:
         message["links"] = {"result": f"/api/v1/jobs/{job.id}/result"}
-    message["record"] = job.to_dict()
     return message
 
 
-def stage_job(pipe: redis.client.Pipeline, job: Job) -> None:
-    """Queue the ``job`` message on a transition's pipeline (inside MULTI). Never raises: a
+def stage_job(pipe: Writes, job: Job) -> None:
+    """Add the ``job`` message to a transition (``tasks.transition``). Never raises: a
     message that cannot be built is logged and skipped, and the transition goes on."""
     _remember_batch(job.id, job.batch_id)
     try:
-        _stage(pipe, job.id, job.batch_id, job_message(job))
+        message = AroundRecord(job_message(job), "record")
+        for channel in _channels(job.id, job.batch_id):
+            pipe.publish(channel, message)
     except Exception:  # noqa: BLE001 - a live update must never fail a state change
         log.warning("live: could not publish the transition of job %s", job.id, exc_info=True)
 
@@ -110,9 +113,12 @@ def _remember_batch(job_id: str, batch_id: str | None) -> None:
 
 def _stage(pipe: redis.client.Pipeline, job_id: str, batch_id: str | None, message: dict[str, Any]) -> None:
     data = json.dumps(message, separators=(",", ":"))
-    pipe.publish(channel_for("job", job_id), data)
-    if batch_id:
-        pipe.publish(channel_for("batch", batch_id), data)
+    for channel in _channels(job_id, batch_id):
+        pipe.publish(channel, data)
+
+
+def _channels(job_id: str, batch_id: str | None) -> list[str]:
+    return [channel_for("job", job_id), channel_for("batch", batch_id)] if batch_id else [channel_for("job", job_id)]
 
 
 # --- the hub (web processes) -----------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Written (each in one pipeline, a handful of commands, never raising into a stage):
 
-- at the end of each stage (``record_stage``): its latency in a cumulative histogram per stage
-  and queue, its device-seconds and their cost;
+- at the end of each stage (``stage_metrics``, in the store's transition that marks it done):
+  its latency in a cumulative histogram per stage and queue, its device-seconds and their cost;
 - at each change of a job's state (``count_transition``, inside the store's transaction, so
   terminal states are counted exactly once): counters of terminal states, images per queue,
   and the map of active jobs to their current state;
@@ -22,11 +22,13 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
 from tasks.cost import UNKNOWN_QUEUE, stage_cost_usd
 from tasks.jobs import Job, JobStatus
+from tasks.transition import Writes
 
 log = logging.getLogger(__name__)
 
@@ -173,24 +175,33 @@ class Aggregate:
 
 # --- writes -----------------------------------------------------------------------------------------
 
-def record_stage(client: redis.Redis, *, stage: str, queue: str | None, seconds: float, device_s: float,
-                 prices: Mapping[str, float], now: float | None = None) -> None:
-    """A stage finished after ``seconds`` of wall time, using ``device_s`` of its worker process."""
+def stage_metrics(pipe: redis.client.Pipeline | Writes, *, stage: str, queue: str | None, seconds: float,
+                  device_s: float, prices: Mapping[str, float], now: float | None = None) -> None:
+    """A stage finished after ``seconds`` of wall time, using ``device_s`` of its worker process:
+    queued on a pipeline or a transition (no I/O here); never raises."""
     try:
         q = queue or UNKNOWN_QUEUE
         usd = stage_cost_usd(device_s, queue, prices)
         minute = _minute_key(minute_of(time.time() if now is None else now))
-        with client.pipeline(transaction=False) as pipe:
-            for key in (key_for("totals"), minute):
-                pipe.hincrby(key, f"lat:{stage}:{q}:{bucket_index(seconds)}", 1)
-                pipe.hincrbyfloat(key, f"lat_sum:{stage}:{q}", round(seconds, 6))
-                pipe.hincrbyfloat(key, f"dev:{stage}:{q}", round(device_s, 6))
-                if usd:
-                    pipe.hincrbyfloat(key, f"usd:{q}", usd)
-            pipe.expire(minute, MINUTE_TTL_S)
-            pipe.execute()
+        for key in (key_for("totals"), minute):
+            pipe.hincrby(key, f"lat:{stage}:{q}:{bucket_index(seconds)}", 1)
+            pipe.hincrbyfloat(key, f"lat_sum:{stage}:{q}", round(seconds, 6))
+            pipe.hincrbyfloat(key, f"dev:{stage}:{q}", round(device_s, 6))
+            if usd:
+                pipe.hincrbyfloat(key, f"usd:{q}", usd)
+        pipe.expire(minute, MINUTE_TTL_S)
     except Exception as e:  # noqa: BLE001 — a metric is never worth a failed stage
         log.warning("metrics: could not record %s on %s: %s", stage, queue, e)
+
+
+def record_stage(client: redis.Redis, **stage: Any) -> None:
+    """``stage_metrics`` sent on its own (a stage's end outside the job store's transition)."""
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            stage_metrics(pipe, **stage)
+            pipe.execute()
+    except Exception as e:  # noqa: BLE001
+        log.warning("metrics: could not record %s: %s", stage.get("stage"), e)
 
 
 def count_created(pipe: redis.client.Pipeline, jobs: Iterable[Job]) -> None:
@@ -204,8 +215,8 @@ def count_created(pipe: redis.client.Pipeline, jobs: Iterable[Job]) -> None:
         log.warning("metrics: could not count new jobs: %s", e)
 
 
-def count_transition(pipe: redis.client.Pipeline, before: JobStatus, job: Job, *, now: float | None = None) -> None:
-    """A job moved from ``before`` to ``job.status``: queued on the store's transaction, so a
+def count_transition(pipe: Writes, before: JobStatus, job: Job, *, now: float | None = None) -> None:
+    """A job moved from ``before`` to ``job.status``: added to the store's transition, so a
     terminal state is counted exactly once (terminal states never change again)."""
     if before is job.status:
         return

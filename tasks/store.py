@@ -1,9 +1,11 @@
-"""The job store on Redis. One place changes a job's state: the named transitions below,
-each one Redis transaction (WATCH/MULTI, as rq does). Terminal states never change again."""
+"""The job store on Redis. One place changes a job's state: the named transitions below, each
+one compare-and-set on the server with every write that goes with it (``tasks.transition``: one
+round trip). Terminal states never change again."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,9 +16,14 @@ from tasks.errors import InvalidTransition, JobNotFound
 from tasks.events import JobEvent, job_events, stage_events
 from tasks.jobs import STAGE_STATUS, Batch, Job, JobStatus, can_move
 from tasks.metrics import count_created, count_transition
+from tasks.transition import Transition, Writes
+from tasks.webhooks.store import listener_keys
 from tasks import live
 
+log = logging.getLogger(__name__)
+
 PREFIX = "pixelmill"
+KNOWN_MAX = 1024  # records this process last wrote, kept to try the next transition on without a read
 
 
 def key_for(kind: str, *parts: str) -> str:
@@ -29,6 +36,8 @@ class JobStore:
                  on_events: Callable[[list[JobEvent]], None] | None = None) -> None:
         self.redis = client
         self.ttl_s = ttl_s
+        self._transition = Transition(client)
+        self._known: dict[str, bytes] = {}  # job id -> the record this process last wrote for it
         # Told after a transition that wrote events to the outbox (tasks.events); it must not raise.
         self.on_events = on_events
 
@@ -79,10 +88,14 @@ class JobStore:
             pipe.execute()
         return batch
 
-    def start_stage(self, job_id: str, stage: str, *, queue: str | None, worker: str | None) -> Job:
-        """Enter a stage (also on a re-delivery: attempts counts every start)."""
+    def start_stage(self, job_id: str, stage: str, *, queue: str | None, worker: str | None,
+                    admit: Callable[[Job], None] | None = None) -> Job:
+        """Enter a stage (also on a re-delivery: attempts counts every start). ``admit`` sees the
+        job first and may refuse it by raising (nothing is written then)."""
 
         def change(job: Job) -> None:
+            if admit is not None:
+                admit(job)
             _move(job, STAGE_STATUS[stage])
             record = job.stages[stage]
             record.started_at = time.time()
@@ -93,11 +106,13 @@ class JobStore:
 
     def finish_stage(self, job_id: str, stage: str, *, outputs: dict[str, str], cached: bool = False,
                      cache: dict[str, Any] | None = None, end: JobStatus | None = None,
-                     audit: dict[str, Any] | None = None, device_s: float | None = None) -> Job:
+                     audit: dict[str, Any] | None = None, device_s: float | None = None,
+                     also: Callable[[Writes], None] | None = None) -> Job:
         """Mark a stage done and record its outputs: the done marker a re-run checks first.
 
         The last stage passes ``end`` (succeeded or blocked) so that its done marker and the
-        job's terminal state are written in the same transaction.
+        job's terminal state are written in the same transaction. ``also`` adds writes to it
+        (the stage's metrics).
         """
 
         def change(job: Job) -> None:
@@ -114,7 +129,12 @@ class JobStore:
             record.device_s = device_s
             job.outputs.update(outputs)
 
-        return self._update(job_id, change, also=lambda pipe: pipe.delete(key_for("progress", job_id)))
+        def writes(w: Writes) -> None:
+            w.delete(key_for("progress", job_id))
+            if also is not None:
+                also(w)
+
+        return self._update(job_id, change, also=writes)
 
     def fail(self, job_id: str, *, code: str, message: str) -> Job:
         return self._finish(job_id, JobStatus.FAILED, error={"code": code, "message": message})
@@ -169,43 +189,55 @@ class JobStore:
         return self._update(job_id, change)
 
     def _update(self, job_id: str, change: Callable[[Job], None],
-                also: Callable[[redis.client.Pipeline], None] | None = None) -> Job:
-        """Apply ``change`` to the job in one WATCH/MULTI transaction; ``also`` adds commands to it."""
+                also: Callable[[Writes], None] | None = None) -> Job:
+        """Apply ``change`` to the job and write it with everything that goes with it, in one
+        compare-and-set (``tasks.transition``). It starts from the record this process last
+        wrote when it has one, else reads it; if the job changed meanwhile, the script answers
+        the current record and the change is made again on that."""
         key = key_for("job", job_id)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise JobNotFound(f"no job with id {job_id!r}")
-                    job = Job.from_dict(json.loads(raw))
-                    before = job.status
-                    change(job)
-                    job.updated_at = max(time.time(), job.updated_at + 1e-6)  # never backwards (clock skew): live viewers order by it
-                    events = job_events(before, job)  # written in this same transaction: never lost
-                    batch_size = self._batch_size(pipe, job) if events and job.status.is_terminal() else 0
-                    pipe.multi()
-                    pipe.set(key, _dumps(job), keepttl=True)
-                    if job.status.is_terminal():
-                        pipe.srem(key_for("active", job.tenant), job.id)
-                    stage_events(pipe, job, events, batch_size=batch_size, ttl_s=self.ttl_s)
-                    count_transition(pipe, before, job)  # tasks.metrics: state gauges, terminal counters
-                    live.stage_job(pipe, job)  # PUBLISH inside MULTI: sent at EXEC, in commit order; never raises
-                    if also is not None:
-                        also(pipe)
-                    pipe.execute()
-                    break
-                except redis.WatchError:
-                    continue
-        if events and self.on_events is not None:
+        base = self._known.pop(job_id, None) or self.redis.get(key)
+        while True:
+            if base is None:
+                raise JobNotFound(f"no job with id {job_id!r}")
+            job = Job.from_dict(json.loads(base))
+            before = job.status
+            change(job)
+            job.updated_at = max(time.time(), job.updated_at + 1e-6)  # never backwards (clock skew): live viewers order by it
+            events = job_events(before, job)
+            writes = Writes()
+            if job.status.is_terminal():
+                writes.srem(key_for("active", job.tenant), job.id)
+            if events:  # written with the change, so never lost; only when someone may want them
+                writes.listener_keys = listener_keys(job.tenant, job.id, job.batch_id)
+                stage_events(writes, job, events, batch_size=self._batch_size(job) if job.status.is_terminal() else 0,
+                             ttl_s=self.ttl_s)
+            count_transition(writes, before, job)  # tasks.metrics: state gauges, terminal counters
+            live.stage_job(writes, job)  # published by the script: in commit order; never raises
+            if also is not None:
+                also(writes)
+            record = _dumps(job)
+            outcome = self._transition.apply(key, base, record, writes)
+            if outcome.applied:
+                break
+            base = outcome.current
+        if outcome.errors:
+            log.warning("job %s: %s written, but not: %s", job.id, job.status.value, "; ".join(outcome.errors))
+        self._remember(job, record)
+        if events and outcome.listened and self.on_events is not None:
             self.on_events(events)
         return job
 
-    def _batch_size(self, pipe: redis.client.Pipeline, job: Job) -> int:
+    def _remember(self, job: Job, record: str) -> None:
+        if job.status.is_terminal():
+            return  # no transition follows
+        if len(self._known) >= KNOWN_MAX:
+            self._known.clear()  # forgotten records are read again; a stale one only costs a retry
+        self._known[job.id] = record.encode()
+
+    def _batch_size(self, job: Job) -> int:
         if not job.batch_id:
             return 0
-        raw = pipe.get(key_for("batch", job.batch_id))
+        raw = self.redis.get(key_for("batch", job.batch_id))
         return len(json.loads(raw)["job_ids"]) if raw else 0
 
 

@@ -48,8 +48,8 @@ def with_seed(params: JobParams) -> JobParams:
 
 def enforce_limits(rt: Runtime, *, tenant: str, jobs: int) -> None:
     """Per-tenant submission rate and unfinished-job cap (429 with Retry-After beyond)."""
-    rt.tenants.check_rate(tenant, per_minute=rt.settings.rate_limit_per_minute)
-    rt.tenants.check_active(tenant, adding=jobs, limit=rt.settings.max_active_jobs)
+    rt.tenants.check_limits(tenant, per_minute=rt.settings.rate_limit_per_minute, adding=jobs,
+                            limit=rt.settings.max_active_jobs)
 
 
 def submit_job(rt: Runtime, *, tenant: str, upload: Upload, params: JobParams,

@@ -95,21 +95,20 @@ class TenantStore:
                        json.dumps({"threshold": policy.threshold, "action": policy.action.value}))
 
     # --- limits ----------------------------------------------------------------------------
-    def check_rate(self, tenant: str, *, per_minute: int) -> None:
-        """Count one submission in this minute's window; refuse past the limit."""
+    def check_limits(self, tenant: str, *, per_minute: int, adding: int, limit: int) -> None:
+        """Count one submission in this minute's window and refuse past ``per_minute``; refuse
+        ``adding`` jobs that would take the tenant's unfinished jobs past ``limit``. One round trip."""
         window = int(time.time() // 60)
         name = key_for("rate", tenant, str(window))
         with self.redis.pipeline() as pipe:
             pipe.incr(name)
             pipe.expire(name, 120)
-            count, _ = pipe.execute()
+            pipe.scard(key_for("active", tenant))
+            count, _, active = pipe.execute()
         if count > per_minute:
             retry_after = max(1, 60 - int(time.time() % 60))
             raise RateLimited(f"more than {per_minute} submissions this minute; retry in {retry_after} s",
                               retry_after=retry_after)
-
-    def check_active(self, tenant: str, *, adding: int, limit: int) -> None:
-        active = self.redis.scard(key_for("active", tenant))
         if active + adding > limit:
             raise RateLimited(
                 f"{active} of your jobs are still unfinished (limit {limit}); wait for some to finish",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import random
@@ -21,7 +22,7 @@ from safety.errors import SafetyError
 from safety.validate import decode_png, encode_png
 from tasks.errors import InvalidTransition, JobNotFound, PixelmillError
 from tasks.jobs import Job, JobStatus
-from tasks.metrics import record_stage
+from tasks.metrics import stage_metrics
 from tasks.runtime import Runtime, get_runtime
 from workers.errors import EngineError, Interrupted
 
@@ -65,32 +66,48 @@ def run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
         raise task.retry(exc=e, countdown=backoff(task.request.retries), max_retries=limit) from e
 
 
+class Skip(Exception):
+    """Raised by ``_admit``: the stage does not run. The chain moves on when ``proceed`` (the stage
+    was done before); else it stops, failing the job with ``code`` and the message when given."""
+
+    def __init__(self, message: str, *, proceed: bool = False, code: str | None = None) -> None:
+        super().__init__(message)
+        self.proceed, self.code = proceed, code
+
+
+def _admit(rt: Runtime, stage: str, job: Job) -> None:
+    """What a stage checks on the job before it starts (inside the start transition)."""
+    if job.status.is_terminal():
+        raise Skip(f"job {job.id} is already {job.status.value}; stopping its chain")
+    if job.stages[stage].done:
+        raise Skip(f"job {job.id} already did this stage (re-delivery); moving on", proceed=True)
+    if job.is_expired():
+        raise Skip("the job passed its deadline before it could finish", code="expired")
+    if job.stages[stage].attempts >= rt.settings.max_stage_attempts:
+        raise Skip(f"the {stage} stage was started {job.stages[stage].attempts} times without finishing "
+                   "(its worker was lost each time); giving up on this job — the input may crash the engine",
+                   code="poison")
+
+
 def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
     rt = get_runtime()
+    queue = (task.request.delivery_info or {}).get("routing_key")
     try:
-        job = rt.store.fetch(job_id)
+        job = rt.store.start_stage(job_id, stage, queue=queue, worker=task.request.hostname,
+                                   admit=lambda job: _admit(rt, stage, job))
     except JobNotFound:
         log.warning("%s: job %s no longer exists; dropping", stage, job_id)
         raise Ignore() from None
-    if job.status.is_terminal():
-        log.info("%s: job %s is already %s; stopping its chain", stage, job_id, job.status.value)
-        raise Ignore()
-    if job.stages[stage].done:
-        log.info("%s: job %s already did this stage (re-delivery); moving on", stage, job_id)
-        return
-    if job.is_expired():
-        _fail(rt, job_id, code="expired", message="the job passed its deadline before it could finish")
-        raise Ignore()
-    if job.stages[stage].attempts >= rt.settings.max_stage_attempts:
-        _fail(rt, job_id, code="poison", message=(
-            f"the {stage} stage was started {job.stages[stage].attempts} times without finishing "
-            "(its worker was lost each time); giving up on this job — the input may crash the engine"))
-        raise Ignore()
-
-    queue = (task.request.delivery_info or {}).get("routing_key")
-    try:
-        job = rt.store.start_stage(job_id, stage, queue=queue, worker=task.request.hostname)
     except InvalidTransition:  # canceled or failed a moment ago
+        raise Ignore() from None
+    except Skip as skip:
+        if skip.proceed:
+            log.info("%s: %s", stage, skip)
+            return
+        if skip.code is None:
+            log.info("%s: %s", stage, skip)
+        else:
+            _fail(rt, job_id, code=skip.code, message=str(skip))
         raise Ignore() from None
     started = time.monotonic()
     try:
@@ -112,14 +129,14 @@ def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
     else:
         wall_s = time.monotonic() - started
         device_s = result.device_s if result.device_s is not None else wall_s  # what it used, cached or not
+        metrics = partial(stage_metrics, stage=stage, queue=queue, seconds=wall_s, device_s=device_s,
+                          prices=rt.settings.price_per_hour)
         try:
             rt.store.finish_stage(job_id, stage, outputs=result.outputs, cached=result.cached,
                                   cache=result.cache, end=result.end, audit=result.audit,
-                                  device_s=round(device_s, 4))
+                                  device_s=round(device_s, 4), also=metrics)
         except InvalidTransition:  # canceled while this stage ran: drop its output
             raise Ignore() from None
-        record_stage(rt.redis, stage=stage, queue=queue, seconds=wall_s, device_s=device_s,
-                     prices=rt.settings.price_per_hour)
         return
     raise Ignore()  # the job has failed: stop the chain here
 

@@ -38,6 +38,16 @@ def key_for(kind: str, *parts: str) -> str:
     return ":".join((PREFIX, "webhook", kind, *parts))
 
 
+def listener_keys(tenant: str, job_id: str, batch_id: str | None) -> list[str]:
+    """The keys whose existence means a webhook may want a job's events: the tenant's standing
+    endpoints, the job's own subscription and its batch's (``tasks.webhooks.dispatch.targets``
+    reads the same three)."""
+    keys = [key_for("standing", tenant), key_for("subscription", job_id)]
+    if batch_id:
+        keys.append(key_for("subscription", batch_id))
+    return keys
+
+
 def url_digest(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:32]
 

@@ -94,6 +94,35 @@ def test_store_refuses_skipping_back_and_unknown_jobs(redis_client):
         store.finish_stage(job.id, "generate", outputs={})
 
 
+def test_a_transition_on_a_stale_record_is_made_again_on_the_current_one(redis_client):
+    worker, web = JobStore(redis_client), JobStore(redis_client)  # two processes
+    job = worker.create(_job())
+    worker.start_stage(job.id, "encode", queue="cpu", worker="w")  # the worker now knows the record it wrote
+    web.cancel(job.id)
+    with pytest.raises(InvalidTransition):  # its known record says "encoding"; the server's says "canceled"
+        worker.finish_stage(job.id, "encode", outputs={"normalized": "a" * 64 + ".png"})
+    assert worker.fetch(job.id).status is JobStatus.CANCELED and not worker.fetch(job.id).stages["encode"].done
+
+    other = worker.create(_job())
+    worker.start_stage(other.id, "encode", queue="cpu", worker="w")
+    web.touch(other.id)  # a harmless change by someone else: the worker's next transition still applies
+    done = worker.finish_stage(other.id, "encode", outputs={"normalized": "a" * 64 + ".png"})
+    assert done.stages["encode"].done and worker.fetch(other.id).stages["encode"].done
+
+
+def test_writes_that_fail_do_not_undo_the_transition(redis_client, caplog):
+    store = JobStore(redis_client)
+    job = store.create(_job())
+    redis_client.set(key_for("progress", job.id), "not a hash")  # finish deletes it: fine
+    redis_client.set("pixelmill:metrics:active", "not a hash")  # count_transition's HSET fails
+    try:
+        store.start_stage(job.id, "encode", queue="cpu", worker="w")
+    finally:
+        redis_client.delete("pixelmill:metrics:active")
+    assert store.fetch(job.id).status is JobStatus.ENCODING
+    assert "WRONGTYPE" in caplog.text
+
+
 def test_progress_and_recent(redis_client):
     store = JobStore(redis_client)
     jobs = [store.create(_job()) for _ in range(3)]

@@ -95,10 +95,17 @@ def test_events_follow_transitions():
     assert [e.type for e in job_events(JobStatus.AUDITING, job)] == ["job.blocked"]
 
 
+def _listen(redis_client, subject_id: str) -> None:
+    """A subscription of the job (or batch): someone wants its events, so the store writes them."""
+    WebhookStore(redis_client, ttl_s=60).save_subscription(subject_id, Subscription(endpoint_id="ep", events=("*",)))
+
+
 def test_the_store_writes_events_with_the_change(redis_client):
     told = []
     store = JobStore(redis_client, ttl_s=60, on_events=told.append)
-    job = store.create(_job("emit"))
+    job = _job("emit")
+    _listen(redis_client, job.id)
+    store.create(job)
     store.start_stage(job.id, "encode", queue="cpu", worker="w")
     store.start_stage(job.id, "encode", queue="cpu", worker="w")  # re-delivery
     store.start_stage(job.id, "generate", queue="cpu", worker="w")
@@ -112,10 +119,26 @@ def test_the_store_writes_events_with_the_change(redis_client):
     assert [[e.type for e in batch] for batch in told] == [["job.started"], ["job.blocked"]]
 
 
+def test_events_nobody_listens_to_are_not_written(rt, redis_client):
+    told = []
+    tenant = f"quiet-{uuid.uuid4().hex[:6]}"
+    store = JobStore(redis_client, ttl_s=60, on_events=told.append)
+    job = store.create(_job(tenant))
+    store.start_stage(job.id, "encode", queue="cpu", worker="w")
+    assert _outbox(redis_client, job.id) == [] and told == []  # no outbox entry, no io worker woken
+    _endpoint(rt, tenant, events=["job.completed"])  # a standing endpoint from now on
+    for stage in ("generate", "enhance", "audit"):
+        store.start_stage(job.id, stage, queue="cpu", worker="w")
+    store.finish_stage(job.id, "audit", outputs={}, end=JobStatus.SUCCEEDED, audit={"verdict": "pass"})
+    assert [e.type for e in _outbox(redis_client, job.id)] == ["job.completed"]
+    assert [[e.type for e in batch] for batch in told] == [["job.completed"]]
+
+
 def test_batch_completed_fires_exactly_once_however_jobs_race(redis_client):
     store = JobStore(redis_client, ttl_s=60)
     batch_id = uuid.uuid4().hex
     jobs = [_job("race", batch_id) for _ in range(8)]
+    _listen(redis_client, batch_id)
     store.create_batch(Batch(id=batch_id, tenant="race", job_ids=[j.id for j in jobs]), jobs)
     threads = [threading.Thread(target=(store.cancel if i % 2 else lambda jid: store.fail(jid, code="x", message="y")),
                                 args=(job.id,)) for i, job in enumerate(jobs)]
@@ -124,6 +147,7 @@ def test_batch_completed_fires_exactly_once_however_jobs_race(redis_client):
     for thread in threads:
         thread.join()
     assert [e.type for e in _outbox(redis_client, batch_id)] == ["batch.completed"]
+    assert sorted(e.type for job in jobs for e in _outbox(redis_client, job.id)) == ["job.canceled"] * 4 + ["job.failed"] * 4
 
 
 # --- fan-out, filters, attempts ---------------------------------------------------------------------
