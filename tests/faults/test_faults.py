@@ -24,8 +24,10 @@ BROKERS = [
     "redis",
     pytest.param("rabbitmq", marks=pytest.mark.skipif(not rabbitmq_available(), reason="no RabbitMQ here")),
 ]
-# A diffusion job long enough (~1-3 s of denoising on the tiny model) to be hit mid-generate.
-SLOW = dict(engine="diffusion", size=64, steps=60, strength=1.0, prompt="a photo")
+# A diffusion job long enough to be hit mid-generate: 150 steps of the tiny model take 0.75 s on
+# this machine's faster days, 1.5–3 s on its slower ones (60 steps, 0.3 s, once finished before a
+# test could see it running). Progress is reported every 0.25 s, so "step >= 2" is seen from then on.
+SLOW = dict(engine="diffusion", size=64, steps=150, strength=1.0, prompt="a photo")
 
 
 @pytest.fixture(scope="module", params=BROKERS)
