@@ -153,7 +153,7 @@ Where the difference goes: each stage makes two writes of its own — entering t
 leaving it, each one compare-and-set script on the server with its events, metrics and live
 update (`tasks/transition.py`) — plus a read of the record when this process did not write it
 last; py-spy on the worker (20 s of sequential jobs) puts most of what is left in the socket
-calls of those round trips, not in Python. Before the scripts (WATCH, GET, MULTI…EXEC per
+calls of those round trips (the record is written with orjson, replies parsed by hiredis). Before the scripts (WATCH, GET, MULTI…EXEC per
 transition, a separate read and metrics pipeline, an io-queue kick per event) the same benchmark
 gave 1.75× and 0.32× here on 2026-11-28. With the stage tasks' job-store work taken out as well
 (submit and chain only: a one-off experiment, two runs, not part of `make bench`) it gave 1.18× /

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 STAGES = ("encode", "generate", "enhance", "audit")
@@ -57,6 +57,20 @@ class Settings(BaseSettings):
         default_factory=dict,
         description='overrides of the routing policy, e.g. {"generate:diffusion": "cpu"}',
     )
+
+    @field_validator("routes")
+    @classmethod
+    def _known_routes(cls, routes: dict[str, str]) -> dict[str, str]:
+        """A key names a stage (or notify) and an engine (or *): a typo would be ignored silently."""
+        stages, engines = (*STAGES, "notify"), ("style", "diffusion", "*")
+        for key, queue in routes.items():
+            stage, _, engine = key.partition(":")
+            if stage not in stages or engine not in engines:
+                raise ValueError(f"route {key!r}: write <stage>:<engine> with a stage of {', '.join(stages)} "
+                                 f"and an engine of {', '.join(engines)}")
+            if not queue.strip():
+                raise ValueError(f"route {key!r} names no queue")
+        return routes
 
     # --- Celery timing (visibility_timeout > hard limit > soft limit) ----------------------
     task_soft_time_limit: int = 1500

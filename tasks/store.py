@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import redis
 
 from tasks.errors import InvalidTransition, JobNotFound
@@ -46,7 +47,7 @@ class JobStore:
         raw = self.redis.get(key_for("job", job_id))
         if raw is None:
             raise JobNotFound(f"no job with id {job_id!r}")
-        return Job.from_dict(json.loads(raw))
+        return Job.from_dict(orjson.loads(raw))
 
     def fetch_progress(self, job_id: str) -> dict[str, Any]:
         raw = self.redis.hgetall(key_for("progress", job_id))
@@ -63,7 +64,7 @@ class JobStore:
         jobs = []
         for raw in self.redis.mget([key_for("job", i.decode()) for i in ids]) if ids else []:
             if raw is not None:
-                jobs.append(Job.from_dict(json.loads(raw)))
+                jobs.append(Job.from_dict(orjson.loads(raw)))
         return jobs
 
     # --- writes ---------------------------------------------------------------------------
@@ -149,7 +150,7 @@ class JobStore:
 
     def is_canceled(self, job_id: str) -> bool:
         raw = self.redis.get(key_for("job", job_id))
-        return raw is not None and json.loads(raw)["status"] == JobStatus.CANCELED.value
+        return raw is not None and orjson.loads(raw)["status"] == JobStatus.CANCELED.value
 
     def save_progress(self, job_id: str, *, stage: str, step: int, steps: int) -> None:
         key = key_for("progress", job_id)
@@ -199,7 +200,7 @@ class JobStore:
         while True:
             if base is None:
                 raise JobNotFound(f"no job with id {job_id!r}")
-            job = Job.from_dict(json.loads(base))
+            job = Job.from_dict(orjson.loads(base))
             before = job.status
             change(job)
             job.updated_at = max(time.time(), job.updated_at + 1e-6)  # never backwards (clock skew): live viewers order by it
@@ -227,12 +228,12 @@ class JobStore:
             self.on_events(events)
         return job
 
-    def _remember(self, job: Job, record: str) -> None:
+    def _remember(self, job: Job, record: bytes) -> None:
         if job.status.is_terminal():
             return  # no transition follows
         if len(self._known) >= KNOWN_MAX:
             self._known.clear()  # forgotten records are read again; a stale one only costs a retry
-        self._known[job.id] = record.encode()
+        self._known[job.id] = record
 
     def _batch_size(self, job: Job) -> int:
         if not job.batch_id:
@@ -247,5 +248,6 @@ def _move(job: Job, status: JobStatus) -> None:
     job.status = status
 
 
-def _dumps(job: Job) -> str:
-    return json.dumps(job.to_dict(), separators=(",", ":"))
+def _dumps(job: Job) -> bytes:
+    """The stored record: compact JSON (orjson: it is written at every transition)."""
+    return orjson.dumps(job.to_dict())

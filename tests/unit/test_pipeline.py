@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from cache.keys import latent_key, pixels_digest
 from cache.latents import LatentStore
@@ -31,6 +32,16 @@ def test_route_overrides_win():
     assert route_for("generate", "diffusion", overrides={"generate:diffusion": "cpu"}) == "cpu"
     with pytest.raises(KeyError):
         route_for("paint", "style")
+
+
+@pytest.mark.parametrize(("routes", "fragment"), [
+    ({"generate:difusion": "cpu"}, "'generate:difusion'"), ({"paint:style": "cpu"}, "'paint:style'"),
+    ({"generate": "cpu"}, "<stage>:<engine>"), ({"audit:*": " "}, "names no queue"),
+])
+def test_a_route_that_would_be_ignored_is_refused(routes, fragment):
+    with pytest.raises(ValidationError) as err:
+        Settings(routes=routes)
+    assert fragment in str(err.value)
 
 
 def test_chain_carries_only_the_job_id_and_is_immutable():

@@ -119,6 +119,20 @@ def test_the_store_writes_events_with_the_change(redis_client):
     assert [[e.type for e in batch] for batch in told] == [["job.started"], ["job.blocked"]]
 
 
+def test_a_record_with_any_text_goes_through_a_transition_intact(redis_client):
+    store = JobStore(redis_client, ttl_s=60)
+    job = Job.create(tenant="unicode", params=JobParams(engine="diffusion", prompt='café ☕ "quoted" \\ 中文 \n'),
+                     input_ref="0" * 64 + ".png", input_name="Ünïcode 🖼.png")
+    _listen(redis_client, job.id)
+    store.create(job)
+    store.start_stage(job.id, "encode", queue="cpu", worker="w")
+    failed = store.fail(job.id, code="x", message="the engine said: «non» — 失败")
+    assert store.fetch(job.id) == failed and failed.params["prompt"] == 'café ☕ "quoted" \\ 中文 \n'
+    events = _outbox(redis_client, job.id)
+    assert [e.type for e in events] == ["job.started", "job.failed"]
+    assert events[1].snapshot == failed.to_dict() and events[1].snapshot["error"]["message"].endswith("失败")
+
+
 def test_events_nobody_listens_to_are_not_written(rt, redis_client):
     told = []
     tenant = f"quiet-{uuid.uuid4().hex[:6]}"
