@@ -10,6 +10,9 @@ WATCH/MULTI transaction gives, without its four round trips. The other writes ar
 Webhook events are written only when someone may want them: a listener key (the tenant's
 standing endpoints, the job's or its batch's subscription) exists at that moment. A job nobody
 listens to puts nothing in the outbox and wakes no io worker.
+
+The script writes keys it is not given as KEYS (the outbox, metrics, channels): it needs one Redis
+server (with replicas if wanted), as the rest of the job store does, not Redis Cluster.
 """
 
 from __future__ import annotations
@@ -115,7 +118,8 @@ class AroundRecord:
 
 
 def _text(arg: Any) -> str | dict[str, str]:
-    """A command argument as the string Redis would receive (redis-py's encoding of it)."""
+    """A command argument for the script: the string Redis would receive (as redis-py encodes it),
+    or ``{"around": prefix}`` for an ``AroundRecord``."""
     if isinstance(arg, str):
         return arg
     if isinstance(arg, AroundRecord):
