@@ -155,12 +155,17 @@ Where the difference goes: each stage makes two writes of its own — entering t
 leaving it, each one compare-and-set script on the server with its events, metrics and live
 update (`tasks/transition.py`) — plus a read of the record when this process did not write it
 last; py-spy on the worker (20 s of sequential jobs) puts most of what is left in the socket
-calls of those round trips (the record is written with orjson, replies parsed by hiredis). Before the scripts (WATCH, GET, MULTI…EXEC per
-transition, a separate read and metrics pipeline, an io-queue kick per event) the same benchmark
-gave 1.75× and 0.32× here on 2026-11-28. With the stage tasks' job-store work taken out as well
-(submit and chain only: a one-off experiment, two runs, not part of `make bench`) it gave 1.18× /
-1.19× and 0.89× / 1.07×: submit's own work (limits, validation, the record) is about a fifth of
-the difference, and the two durable transitions per stage are the rest.""")
+calls of those round trips (the record is written with orjson, replies parsed by hiredis).
+Before the scripts (WATCH, GET, MULTI…EXEC per transition, a separate read and metrics pipeline,
+an io-queue kick per event) the same benchmark gave 1.75× and 0.32× here on 2026-11-28.
+
+Two one-off measurements of 2026-11-28 (not part of `make bench`) split the rest. With the stage
+tasks' job-store work taken out (submit and chain only) two runs gave 1.18× / 1.19× and
+0.89× / 1.07×: submit's own work (limits, validation, the record) is about two fifths of the
+latency difference, the two durable transitions per stage the other three fifths and nearly all
+of the throughput difference. CPU per job during 600-job bursts (psutil, worker process trees,
+redis-server and the submitting process): plain 4.96 ms (workers 3.98, Redis 0.48, client 0.50),
+pixelmill 8.59 ms (6.22, 1.17, 1.20); on two cores throughput follows CPU per job.""")
 
 
 if __name__ == "__main__":
