@@ -22,7 +22,6 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
 
@@ -192,16 +191,6 @@ def stage_metrics(pipe: redis.client.Pipeline | Writes, *, stage: str, queue: st
         pipe.expire(minute, MINUTE_TTL_S)
     except Exception as e:  # noqa: BLE001 — a metric is never worth a failed stage
         log.warning("metrics: could not record %s on %s: %s", stage, queue, e)
-
-
-def record_stage(client: redis.Redis, **stage: Any) -> None:
-    """``stage_metrics`` sent on its own (a stage's end outside the job store's transition)."""
-    try:
-        with client.pipeline(transaction=False) as pipe:
-            stage_metrics(pipe, **stage)
-            pipe.execute()
-    except Exception as e:  # noqa: BLE001
-        log.warning("metrics: could not record %s: %s", stage.get("stage"), e)
 
 
 def count_created(pipe: redis.client.Pipeline, jobs: Iterable[Job]) -> None:

@@ -15,7 +15,7 @@ from tasks.cost import Cost, job_cost, per_image, stage_cost_usd, total_cost
 from tasks.errors import InvalidTransition
 from tasks.jobs import Batch, Job, JobParams, JobStatus
 from tasks.metrics import (BUCKETS, MINUTE_TTL_S, Aggregate, Histogram, bucket_index, fetch_active, fetch_minutes,
-                           fetch_totals, key_for, minute_of, record_stage, record_webhook, window)
+                           fetch_totals, key_for, minute_of, record_webhook, stage_metrics, window)
 from tasks.present import batch_payload, job_payload
 from tasks.settings import Settings
 from tasks.store import JobStore
@@ -99,9 +99,11 @@ def test_histograms_merge_bucket_by_bucket():
 
 def test_a_stage_records_latency_device_time_and_cost_in_totals_and_its_minute(metrics_redis):
     now = 1_800_000_000.0
-    record_stage(metrics_redis, stage="generate", queue="gpu", seconds=0.3, device_s=0.2, prices=PRICES, now=now)
-    record_stage(metrics_redis, stage="generate", queue="gpu", seconds=2.0, device_s=2.0, prices=PRICES, now=now + 61)
-    record_stage(metrics_redis, stage="audit", queue="cpu", seconds=0.05, device_s=0.05, prices=PRICES, now=now)
+    with metrics_redis.pipeline() as pipe:  # the job store queues these on its finish transition
+        stage_metrics(pipe, stage="generate", queue="gpu", seconds=0.3, device_s=0.2, prices=PRICES, now=now)
+        stage_metrics(pipe, stage="generate", queue="gpu", seconds=2.0, device_s=2.0, prices=PRICES, now=now + 61)
+        stage_metrics(pipe, stage="audit", queue="cpu", seconds=0.05, device_s=0.05, prices=PRICES, now=now)
+        pipe.execute()
 
     totals = fetch_totals(metrics_redis)
     gen = totals.latency[("generate", "gpu")]
@@ -121,10 +123,19 @@ def test_a_stage_records_latency_device_time_and_cost_in_totals_and_its_minute(m
     assert 0 < ttl <= MINUTE_TTL_S
 
 
+class _Refusing:
+    """A pipeline that fails every command it is given."""
+
+    def __getattr__(self, name):
+        def refuse(*args, **kwargs):
+            raise redis.ConnectionError(f"{name}: gone")
+        return refuse
+
+
 def test_recording_never_raises_when_redis_is_away(caplog):
     gone = redis.Redis(port=free_port(), socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0))
     with caplog.at_level(logging.WARNING, logger="tasks.metrics"):
-        record_stage(gone, stage="encode", queue="cpu", seconds=0.1, device_s=0.1, prices=PRICES)
+        stage_metrics(_Refusing(), stage="encode", queue="cpu", seconds=0.1, device_s=0.1, prices=PRICES)
         record_webhook(gone, "delivered")
     assert "could not record encode" in caplog.text and "could not record a webhook" in caplog.text
 
