@@ -36,6 +36,8 @@ COPY pyproject.toml README.md ./
 COPY web web
 COPY tasks tasks
 COPY workers workers
+COPY stack stack
+COPY client client
 COPY cache cache
 COPY safety safety
 RUN pip install .

@@ -41,7 +41,7 @@ from cache.keys import EncoderSpec  # noqa: E402
 from cache.scopes import scope_for  # noqa: E402
 from cache.service import CacheConfig, LatentCache  # noqa: E402
 from workers.diffusion import normalise_for_diffusion  # noqa: E402
-from workers.redis_server import RedisServer  # noqa: E402
+from stack.redis_server import RedisServer  # noqa: E402
 
 START, END = "<!-- cache-bench:start -->", "<!-- cache-bench:end -->"
 SPEC = EncoderSpec(model="sd15-size-random", revision=None, dtype="fp32", size=512)

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine, median, start_worker, stop, table, wait_ready, write_section  # noqa: E402
-from workers.redis_server import RedisServer  # noqa: E402
+from stack.redis_server import RedisServer  # noqa: E402
 
 CONCURRENT = 8
 TERMINAL = (b'"status":"succeeded"', b'"status":"failed"', b'"status":"blocked"')
@@ -74,7 +74,7 @@ def main() -> None:
                       PIXELMILL_DIFFUSION_MODEL=args.model, PIXELMILL_RATE_LIMIT_PER_MINUTE="1000000",
                       PIXELMILL_GPU_MAX_BATCH=str(CONCURRENT), PIXELMILL_TORCH_THREADS=str(args.threads))
     from tasks.celery_app import app
-    from workers.stack import plan_worker
+    from stack.supervisor import plan_worker
 
     procs = []
     try:
@@ -98,10 +98,10 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
 
     from safety.validate import encode_png
     from tasks.jobs import JobParams
-    from tasks.runtime import get_runtime
+    from tasks.services import get_services
     from tasks.submit import Upload, submit_job
 
-    rt = get_runtime()
+    rt = get_services()
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(args.model, safety_checker=None,
                                                           requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)

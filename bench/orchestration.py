@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine, median, percentile, start_worker, stop, table, wait_ready, write_section  # noqa: E402
-from workers.redis_server import RedisServer  # noqa: E402
+from stack.redis_server import RedisServer  # noqa: E402
 
 POLL_S = 0.001
 
@@ -62,12 +62,12 @@ def main() -> None:
 def measure(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     from bench import plain_chain
     from tasks.jobs import JobParams
-    from tasks.runtime import get_runtime
+    from tasks.services import get_services
     from tasks.submit import Upload, submit_job
     from safety.validate import encode_png
     import numpy as np
 
-    rt = get_runtime()
+    rt = get_services()
     photo = encode_png(np.full((64, 64, 3), 128, np.uint8))
     params = JobParams(engine="style", size=64, seed=1)
 

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, table, write_section  # noqa: E402
-from workers.redis_server import RedisServer  # noqa: E402
+from stack.redis_server import RedisServer  # noqa: E402
 
 
 def main() -> None:
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace, worker: subprocess.Popen) -> None:
     from safety.validate import decode_png, encode_png, validate_image
     from tasks.celery_app import app
     from tasks.jobs import JobParams
-    from tasks.runtime import get_runtime
+    from tasks.services import get_services
     from tasks.submit import Upload, submit_job
     from workers.enhance import EnhanceOptions, enhance
     from workers.imaging import fit_within
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace, worker: subprocess.Popen) -> None:
         return time.perf_counter() - start
 
     def service() -> float:
-        rt = get_runtime()
+        rt = get_services()
         start = time.perf_counter()
         job = submit_job(rt, tenant="bench", upload=Upload("a.png", photo), params=params)
         while not (job := rt.store.fetch(job.id)).status.is_terminal():

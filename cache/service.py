@@ -10,10 +10,9 @@ import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from cache import scopes
 from cache.backend import Backend, key_for
@@ -27,6 +26,9 @@ from cache.results import ResultStore, StoredResult
 from cache.scopes import Scope
 from cache.singleflight import SingleFlight
 from cache.stats import CacheStats, Event
+
+if TYPE_CHECKING:  # torch loads only where latents are computed or moved (workers), not in web or io
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +234,8 @@ class LatentCache:
                 events.append(Event(stage, "redis", "misses"))
                 return None, None
             events.extend([Event(stage, "redis", "hits"), Event(stage, "redis", "bytes_served", int(array.nbytes))])
+            import torch
+
             tensor = _on(torch.from_numpy(np.array(array)), device)
             self.hot.put(ref, tensor)
             return tensor, "redis"

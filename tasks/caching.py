@@ -9,7 +9,7 @@ from cache.keys import EncoderSpec, result_key
 from cache.latents import is_shareable
 from cache.scopes import Scope, scope_for
 from tasks.jobs import Job, JobParams
-from tasks.runtime import Runtime
+from tasks.worker_runtime import WorkerRuntime
 from workers.diffusion import LATENT_CHANNELS, GenerateParams
 from workers.residency import LoadedDiffusion
 
@@ -17,7 +17,7 @@ CROP = "resize"   # normalise_for_diffusion resizes the whole image, it crops no
 ROTATION = 0      # EXIF orientation is applied at upload; the encoder never rotates
 
 
-def cache_scope(rt: Runtime, job: Job) -> Scope:
+def cache_scope(rt: WorkerRuntime, job: Job) -> Scope:
     return scope_for(tenant=job.tenant, mode=rt.settings.cache_scope)
 
 

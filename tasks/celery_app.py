@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
+from celery.signals import celeryd_init, worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
 from kombu import Queue
 
 from tasks.settings import QUEUES, Settings, get_settings
@@ -48,14 +48,39 @@ def celery_config(settings: Settings) -> dict:
     }
 
 
+STAGE_MODULES = "tasks.stages"  # the stage tasks, and through them the engines (torch)
+IO_MODULES = "tasks.webhooks.tasks"  # webhook delivery: no engine
+
+
+def stage_task_name(stage: str) -> str:
+    return f"pixelmill.{stage}"
+
+
 def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    celery = Celery("pixelmill", include=["tasks.stages", "tasks.webhooks.tasks"])
+    celery = Celery("pixelmill", include=[IO_MODULES])
     celery.conf.update(celery_config(settings))
     return celery
 
 
 app = create_celery()
+
+
+def modules_for(queues: list[str] | None) -> list[str]:
+    """The task modules a worker consuming ``queues`` imports: a worker of the io queue alone
+    delivers webhooks and never loads the stages (nor torch); any other worker runs stages."""
+    if queues and set(queues) <= {"io"}:
+        return [IO_MODULES]
+    return [STAGE_MODULES, IO_MODULES]
+
+
+@celeryd_init.connect
+def _choose_modules(sender=None, conf=None, options=None, **_: object) -> None:
+    """Before the worker imports its task modules: only those its queues need."""
+    queues = (options or {}).get("queues")
+    if isinstance(queues, str):
+        queues = [q.strip() for q in queues.split(",") if q.strip()]
+    conf.include = modules_for(list(queues) if queues else None)
 
 
 @worker_init.connect

@@ -8,7 +8,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from tasks.celery_app import STAGE_MODULES, modules_for
 from tasks.heartbeat import Heartbeat
+from tasks.services import get_services
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,11 @@ class WorkerContext:
         """One process runs many generate tasks at once (a threads pool on the gpu queue), so
         they can share pipeline calls. A prefork child runs one task at a time: nothing to batch."""
         return self.pool == "threads" and "gpu" in self.queues and self.concurrency > 1
+
+    @property
+    def runs_stages(self) -> bool:
+        """False for a worker of the io queue alone: it delivers webhooks and loads no engine."""
+        return STAGE_MODULES in modules_for(list(self.queues))
 
 
 _context: WorkerContext | None = None
@@ -60,14 +67,18 @@ def start_process() -> None:
     global _heartbeat, _state
     if _heartbeat is not None:  # solo pools send both signals
         return
-    from tasks.runtime import get_runtime
+    hostname = _context.hostname if _context else "unknown"
+    if not _runs_stages():
+        _heartbeat = Heartbeat(get_services().redis, describe, hostname=hostname).start()
+        _state = "ready"
+        return
+    from tasks.worker_runtime import get_worker_runtime
 
-    rt = get_runtime()
+    rt = get_worker_runtime()
     if rt.settings.torch_threads:
         import torch
 
         torch.set_num_threads(rt.settings.torch_threads)
-    hostname = _context.hostname if _context else "unknown"
     _heartbeat = Heartbeat(rt.redis, describe, hostname=hostname).start()
     try:
         rt.warm_up(batching=bool(_context and _context.batches_generate))
@@ -83,9 +94,6 @@ def stop_process() -> None:
 
 def describe() -> dict[str, Any]:
     """What this process serves and holds, for its heartbeat."""
-    from tasks.runtime import get_runtime
-
-    rt = get_runtime()
     ctx = _context
     fields: dict[str, Any] = {
         "queues": list(ctx.queues) if ctx else [],
@@ -93,10 +101,19 @@ def describe() -> dict[str, Any]:
         "concurrency": ctx.concurrency if ctx else 1,
         "state": _state,
     }
+    if not _runs_stages():
+        return fields
+    from tasks.worker_runtime import get_worker_runtime
+
+    rt = get_worker_runtime()
     loaded = rt.loaded_diffusion()
     if loaded is not None:
         fields.update(device=loaded.device, dtype=loaded.dtype_name, model=loaded.engine.model)
-    batcher = rt.loaded_batcher()
+    batcher = rt.generate_batcher()
     if batcher is not None:
         fields["batching"] = {"max_batch": batcher.max_batch, "max_wait_ms": round(batcher.max_wait_s * 1000)}
     return fields
+
+
+def _runs_stages() -> bool:
+    return _context is None or _context.runs_stages

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from celery import chain
 
+from tasks.celery_app import app, stage_task_name
 from tasks.jobs import Job
 from tasks.settings import STAGES, Settings
 
@@ -31,12 +32,12 @@ def route_for(stage: str, engine: str, *, overrides: dict[str, str] | None = Non
 
 def build_chain(job: Job, settings: Settings, *, start: str = STAGES[0]) -> chain:
     """encode → generate → enhance → audit (or its tail from ``start``), as immutable
-    signatures carrying only the job id."""
-    from tasks.stages import STAGE_TASKS
-
+    signatures carrying only the job id. Tasks are named, not imported: the process that
+    enqueues (web, reaper) never loads the engines the stages run."""
     engine = job.params["engine"]
     return chain(
-        STAGE_TASKS[stage].si(job.id).set(queue=route_for(stage, engine, overrides=settings.routes))
+        app.signature(stage_task_name(stage), args=(job.id,), immutable=True,
+                      queue=route_for(stage, engine, overrides=settings.routes))
         for stage in STAGES[STAGES.index(start):]
     )
 

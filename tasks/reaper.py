@@ -26,7 +26,7 @@ from tasks.errors import InvalidTransition, JobNotFound
 from tasks.jobs import Job, JobStatus
 from tasks.pipeline import enqueue_from
 from tasks.present import current_stage
-from tasks.runtime import Runtime
+from tasks.services import Services
 from tasks.store import key_for
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class ReapReport:
     failed: list[str] = field(default_factory=list)
 
 
-def reap(rt: Runtime, *, now: float | None = None) -> ReapReport:
+def reap(rt: Services, *, now: float | None = None) -> ReapReport:
     now = now or time.time()
     report = ReapReport()
     broker_since = broker_started_at(rt, now=now)
@@ -51,7 +51,7 @@ def reap(rt: Runtime, *, now: float | None = None) -> ReapReport:
     return report
 
 
-def broker_started_at(rt: Runtime, *, now: float) -> float | None:
+def broker_started_at(rt: Services, *, now: float) -> float | None:
     """When the Redis broker last started, by this clock (None for another broker). Its uptime
     counts whole seconds, so this is never before the real start."""
     if rt.broker_redis is None:
@@ -59,7 +59,7 @@ def broker_started_at(rt: Runtime, *, now: float) -> float | None:
     return now - int(rt.broker_redis.info("server")["uptime_in_seconds"])
 
 
-def _reap_job(rt: Runtime, job: Job, *, now: float, broker_since: float | None, report: ReapReport) -> None:
+def _reap_job(rt: Services, job: Job, *, now: float, broker_since: float | None, report: ReapReport) -> None:
     if job.is_expired(now):
         rt.store.fail(job.id, code="expired", message="the job passed its deadline before it could finish")
         report.expired.append(job.id)
@@ -86,13 +86,13 @@ def _reap_job(rt: Runtime, job: Job, *, now: float, broker_since: float | None, 
     _requeue(rt, job, stage, report)
 
 
-def _requeue(rt: Runtime, job: Job, stage: str, report: ReapReport) -> None:
+def _requeue(rt: Services, job: Job, stage: str, report: ReapReport) -> None:
     rt.store.touch(job.id)  # first: a later pass sees a change after the restart, and no deadline passed
     enqueue_from(job, stage, rt.settings)
     report.requeued.append(job.id)
 
 
-def _unfinished_jobs(rt: Runtime):
+def _unfinished_jobs(rt: Services):
     for active_key in rt.redis.scan_iter(match=key_for("active", "*"), count=100):
         for job_id in rt.redis.smembers(active_key):
             try:
@@ -101,7 +101,7 @@ def _unfinished_jobs(rt: Runtime):
                 rt.redis.srem(active_key, job_id)  # expired record: nothing left to reap
 
 
-def run_forever(rt: Runtime) -> None:
+def run_forever(rt: Services) -> None:
     interval = rt.settings.reaper_interval_s
     log.info("reaper: checking unfinished jobs every %s s", interval)
     while True:
@@ -116,7 +116,7 @@ def run_forever(rt: Runtime) -> None:
         time.sleep(interval)
 
 
-def _kick_webhooks(rt: Runtime) -> None:
+def _kick_webhooks(rt: Services) -> None:
     """A periodic nudge for webhook delivery: drain any event the io queue was never told about
     and re-send pending deliveries whose task message was lost (tasks.webhooks.tasks.sweep)."""
     from tasks.webhooks.tasks import kick

@@ -17,7 +17,7 @@ from tasks.cost import per_image
 from tasks.heartbeat import WorkerInfo, fetch_workers
 from tasks.metrics import WINDOW_MINUTES, Aggregate, Histogram, fetch_active, fetch_minutes, fetch_totals, window
 from tasks.queues import fetch_queue_depths
-from tasks.runtime import Runtime
+from tasks.services import Services
 from tasks.settings import QUEUES, STAGES
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 LATENCY_WINDOW_MINUTES = 5  # the latency chart's resolution: p50/p99 per 5 minutes
 
 
-def fetch_stats(rt: Runtime, *, celery: Celery, now: float | None = None) -> dict[str, Any]:
+def fetch_stats(rt: Services, *, celery: Celery, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     prices = dict(rt.settings.price_per_hour)
     try:
@@ -102,7 +102,7 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def _cache(rt: Runtime) -> dict[str, Any]:
+def _cache(rt: Services) -> dict[str, Any]:
     snapshot = rt.cache.stats.snapshot()
     hits = misses = 0
     stages: dict[str, float | None] = {}

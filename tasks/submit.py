@@ -17,7 +17,7 @@ from safety.validate import UploadLimits, validate_image
 from tasks.errors import PixelmillError
 from tasks.jobs import Batch, Job, JobParams, new_id
 from tasks.pipeline import enqueue
-from tasks.runtime import Runtime
+from tasks.services import Services
 from tasks.webhooks.models import Subscription
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class Upload:
     data: bytes
 
 
-def upload_limits(rt: Runtime) -> UploadLimits:
+def upload_limits(rt: Services) -> UploadLimits:
     s = rt.settings
     return UploadLimits(max_bytes=s.max_upload_bytes, max_side=s.max_side, max_pixels=s.max_pixels)
 
@@ -46,13 +46,13 @@ def with_seed(params: JobParams) -> JobParams:
     return params.model_copy(update={"seed": secrets.randbelow(2**32)})
 
 
-def enforce_limits(rt: Runtime, *, tenant: str, jobs: int) -> None:
+def enforce_limits(rt: Services, *, tenant: str, jobs: int) -> None:
     """Per-tenant submission rate and unfinished-job cap (429 with Retry-After beyond)."""
     rt.tenants.check_limits(tenant, per_minute=rt.settings.rate_limit_per_minute, adding=jobs,
                             limit=rt.settings.max_active_jobs)
 
 
-def submit_job(rt: Runtime, *, tenant: str, upload: Upload, params: JobParams,
+def submit_job(rt: Services, *, tenant: str, upload: Upload, params: JobParams,
                deadline_s: float | None = None, webhook: Subscription | None = None) -> Job:
     enforce_limits(rt, tenant=tenant, jobs=1)
     job = _prepare(rt, tenant=tenant, upload=upload, params=with_seed(params), deadline_s=deadline_s)
@@ -63,7 +63,7 @@ def submit_job(rt: Runtime, *, tenant: str, upload: Upload, params: JobParams,
     return job
 
 
-def submit_batch(rt: Runtime, *, tenant: str, uploads: list[Upload], params: JobParams,
+def submit_batch(rt: Services, *, tenant: str, uploads: list[Upload], params: JobParams,
                  deadline_s: float | None = None, webhook: Subscription | None = None) -> tuple[Batch, list[Job]]:
     """N jobs under one batch id. Every upload is validated before any job is written."""
     enforce_limits(rt, tenant=tenant, jobs=len(uploads))
@@ -80,7 +80,7 @@ def submit_batch(rt: Runtime, *, tenant: str, uploads: list[Upload], params: Job
     return batch, jobs
 
 
-def _prepare(rt: Runtime, *, tenant: str, upload: Upload, params: JobParams, batch_id: str | None = None,
+def _prepare(rt: Services, *, tenant: str, upload: Upload, params: JobParams, batch_id: str | None = None,
              deadline_s: float | None = None) -> Job:
     try:
         clean = validate_image(upload.data, limits=upload_limits(rt))
@@ -93,7 +93,7 @@ def _prepare(rt: Runtime, *, tenant: str, upload: Upload, params: JobParams, bat
                       deadline_s=deadline_s or rt.settings.default_job_deadline_s)
 
 
-def _enqueue(rt: Runtime, jobs: list[Job]) -> None:
+def _enqueue(rt: Services, jobs: list[Job]) -> None:
     for i, job in enumerate(jobs):
         try:
             enqueue(job, rt.settings)

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.redis_server import RedisServer, free_port
-from workers.stack import plan_worker
+from stack.redis_server import RedisServer, free_port
+from stack.supervisor import plan_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 SESSION_DIR = Path(tempfile.mkdtemp(prefix="pixelmill-tests-"))
@@ -105,7 +105,7 @@ def wait_worker_ready(proc: subprocess.Popen, *, timeout_s: float = 60, name: st
 
 @pytest.fixture(scope="session")
 def workers(redis_server: RedisServer, tiny_model: Path) -> Iterator[subprocess.Popen]:
-    """Real Celery workers as `make run` starts them (workers.stack.plan_worker): prefork
+    """Real Celery workers as `make run` starts them (stack.supervisor.plan_worker): prefork
     (2 processes) for cpu, one batching threads-pool process for gpu (the tiny model resident and
     warmed up), and a threads worker for io (webhook delivery), so a slow receiver never holds a stage."""
     started = []

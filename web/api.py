@@ -33,7 +33,7 @@ class ResultBlocked(PixelmillError):
 
 @bp.post("/jobs")
 def create_job():
-    rt = pixelmill.runtime
+    rt = pixelmill.services
     require_multipart(request, field="image")
     params = read_params(request, strict=True)
     (upload,) = read_uploads(request, field="image", max_files=1)
@@ -53,14 +53,14 @@ def create_job():
 @bp.get("/jobs")
 def list_jobs():
     query = read_query(request, JobListQuery)
-    jobs = pixelmill.runtime.store.recent(current_tenant(), limit=query.limit)
+    jobs = pixelmill.services.store.recent(current_tenant(), limit=query.limit)
     return jsonify(jobs=[job_payload(job, base_url=base_url()) for job in jobs])
 
 
 @bp.get("/jobs/<job_id>")
 def show_job(job_id: str):
     job = fetch_job(job_id)
-    progress = pixelmill.runtime.store.fetch_progress(job_id)
+    progress = pixelmill.services.store.fetch_progress(job_id)
     return jsonify({**job_payload(job, progress=progress, base_url=base_url()), **webhook_info(job.id)})
 
 
@@ -70,7 +70,7 @@ def cancel_job(job_id: str):
     job = fetch_job(job_id)
     if job.status.is_terminal():
         raise AlreadyFinished(f"the job already ended {job.status.value}; there is nothing to cancel")
-    job = pixelmill.runtime.store.cancel(job_id)
+    job = pixelmill.services.store.cancel(job_id)
     return jsonify(job_payload(job, base_url=base_url()))
 
 
@@ -92,7 +92,7 @@ def job_input(job_id: str):
 
 @bp.post("/batches")
 def create_batch():
-    rt = pixelmill.runtime
+    rt = pixelmill.services
     require_multipart(request, field="images")
     params = read_params(request, strict=True)
     uploads = read_uploads(request, field="images", max_files=rt.settings.max_batch_files)
@@ -116,7 +116,7 @@ def show_batch(batch_id: str):
 
 
 def _send_blob(ref: str, *, download_name: str):
-    path = pixelmill.runtime.blobs.path(ref)
+    path = pixelmill.services.blobs.path(ref)
     as_attachment = request.args.get("download") == "1"
     response = send_file(path, mimetype="image/png", as_attachment=as_attachment,
                          download_name=download_name, max_age=3600)

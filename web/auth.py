@@ -59,7 +59,7 @@ def _persistent_secret(data_dir: Path) -> str:
 
 
 def _authenticate():
-    settings = pixelmill.runtime.settings
+    settings = pixelmill.services.settings
     if not settings.auth_enabled:
         g.tenant = settings.default_tenant
         return None
@@ -67,7 +67,7 @@ def _authenticate():
         return None
     if request.path.startswith("/api/"):
         plaintext = _key_from_headers()
-        key = pixelmill.runtime.tenants.resolve(plaintext) if plaintext else None
+        key = pixelmill.services.tenants.resolve(plaintext) if plaintext else None
         if key is None:
             raise Unauthorized("send a valid API key as 'Authorization: Bearer pm_…' (or an X-API-Key header)")
         g.tenant = key.tenant
@@ -111,12 +111,12 @@ def _secure_headers(response):
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    settings = pixelmill.runtime.settings
+    settings = pixelmill.services.settings
     if not settings.auth_enabled:
         return redirect(url_for("ui.index"))
     error = None
     if request.method == "POST":
-        key = pixelmill.runtime.tenants.resolve(request.form.get("api_key", "").strip())
+        key = pixelmill.services.tenants.resolve(request.form.get("api_key", "").strip())
         if key is not None:
             session.clear()
             session["tenant"] = key.tenant
@@ -129,7 +129,7 @@ def login():
 @bp.post("/logout")
 def logout():
     session.clear()
-    return redirect(url_for("auth.login") if pixelmill.runtime.settings.auth_enabled else url_for("ui.index"))
+    return redirect(url_for("auth.login") if pixelmill.services.settings.auth_enabled else url_for("ui.index"))
 
 
 def require_tenant() -> str:

@@ -11,7 +11,7 @@ from cache.policy import check_memory_policy
 from cache.scopes import scope_for
 from cache.stats import prometheus_text
 from tasks.errors import PixelmillError
-from tasks.runtime import Runtime
+from tasks.services import Services
 from web.extensions import current_tenant, pixelmill
 
 bp = Blueprint("cache_api", __name__, url_prefix="/api/v1/cache")
@@ -29,7 +29,7 @@ class CacheUnavailable(PixelmillError):
 
 @bp.get("")
 def show_cache():
-    rt = pixelmill.runtime
+    rt = pixelmill.services
     scope = scope_for(tenant=current_tenant(), mode=rt.settings.cache_scope)
     cache = rt.cache
     return jsonify(
@@ -44,7 +44,7 @@ def show_cache():
 
 @bp.delete("")
 def clear_cache():
-    rt = pixelmill.runtime
+    rt = pixelmill.services
     scope = scope_for(tenant=current_tenant(), mode=rt.settings.cache_scope)
     if scope.is_shared:
         raise SharedCache("the cache is shared between tenants (PIXELMILL_CACHE_SCOPE=shared): one tenant "
@@ -55,16 +55,16 @@ def clear_cache():
     return jsonify(cleared=True, deleted_keys=deleted)
 
 
-def cache_metrics(rt: Runtime) -> str:
+def cache_metrics(rt: Services) -> str:
     """All scopes' cache counters in Prometheus' text format, for the /metrics endpoint."""
     return prometheus_text(rt.cache.stats.snapshot())
 
 
-def _shares_the_broker(rt: Runtime) -> bool:
+def _shares_the_broker(rt: Services) -> bool:
     return rt.settings.cache_redis() == rt.settings.broker()
 
 
-def _limits(rt: Runtime) -> dict[str, Any]:
+def _limits(rt: Services) -> dict[str, Any]:
     s = rt.settings
     return {"latent_ttl_s": s.latent_ttl_s, "result_ttl_s": s.result_ttl_s, "max_entry_bytes": s.cache_max_entry_bytes,
             "hot_bytes_per_worker_process": s.cache_hot_bytes, "hash_radius": s.cache_hash_radius,

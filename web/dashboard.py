@@ -24,7 +24,7 @@ REFRESH_S = 30
 
 @bp.get("/dashboard")
 def show():
-    stats = fetch_stats(pixelmill.runtime, celery=celery_app)
+    stats = fetch_stats(pixelmill.services, celery=celery_app)
     return render_template("dashboard.html", stats=stats, charts=stage_charts(stats), refresh_s=REFRESH_S,
                            usd=usd, human_bytes=human_bytes, seconds=seconds, ratio=ratio,
                            updated=time.strftime("%H:%M:%S", time.localtime(stats["generated_at"])))
@@ -32,7 +32,7 @@ def show():
 
 @bp.get("/api/v1/stats")
 def show_stats():
-    return jsonify(fetch_stats(pixelmill.runtime, celery=celery_app))
+    return jsonify(fetch_stats(pixelmill.services, celery=celery_app))
 
 
 def stage_charts(stats: dict[str, Any]) -> dict[str, dict[str, Markup]]:

@@ -23,18 +23,18 @@ class KeyCreate(BaseModel):
 
 @bp.get("")
 def list_keys():
-    keys = pixelmill.runtime.tenants.list_keys(current_tenant())
+    keys = pixelmill.services.tenants.list_keys(current_tenant())
     return jsonify(keys=[asdict(key) for key in keys])
 
 
 @bp.post("")
 def create_key():
     body = KeyCreate.model_validate(read_json_body(request))
-    key, plaintext = pixelmill.runtime.tenants.create_key(tenant=current_tenant(), name=body.name)
+    key, plaintext = pixelmill.services.tenants.create_key(tenant=current_tenant(), name=body.name)
     return jsonify({**asdict(key), "key": plaintext, "note": "store this key now: it is not shown again"}), 201
 
 
 @bp.delete("/<key_id>")
 def revoke_key(key_id: str):
-    key = pixelmill.runtime.tenants.revoke(tenant=current_tenant(), key_id=key_id)
+    key = pixelmill.services.tenants.revoke(tenant=current_tenant(), key_id=key_id)
     return jsonify(asdict(key))

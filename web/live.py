@@ -7,7 +7,7 @@ has ended. The same streams answer under ``/jobs/<id>/events`` and ``/batches/<i
 the pages: a browser's EventSource cannot send an API key, only the login session cookie.
 
 A web process holds one Redis subscription (tasks.live.LiveHub) however many viewers it
-serves; each viewer is a thread blocked on its own queue (gunicorn gthread, workers/stack.py).
+serves; each viewer is a thread blocked on its own queue (gunicorn gthread, stack/supervisor.py).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ KEEPALIVE_S = 15.0  # under the usual 30–60 s idle timeouts of proxies and loa
 RETRY_MS = 3000  # how long EventSource waits before reconnecting after a dropped stream
 MAX_STREAM_S = 15 * 60  # then `end` (reason "timeout"): the client reconnects and gets a fresh snapshot
 READY_TIMEOUT_S = 2.0  # wait this long for the subscription before reading the snapshot
-# Streams one web process serves at once, below gunicorn's --threads (workers/stack.py) so that
+# Streams one web process serves at once, below gunicorn's --threads (stack/supervisor.py) so that
 # pages and API calls always find a thread; beyond it a viewer gets 503 and the page polls.
 MAX_STREAMS_PER_PROCESS = 48
 PREVIEW_MIMETYPE = "image/png"
@@ -53,7 +53,7 @@ class TooManyViewers(PixelmillError):
 @bp.get("/jobs/<job_id>/events")
 def job_events(job_id: str):
     job = fetch_job(job_id)  # tenant check: another tenant's job is not found
-    store = pixelmill.runtime.store
+    store = pixelmill.services.store
     viewer = None if job.status.is_terminal() else _watch([channel_for("job", job_id)])
     try:
         job = store.fetch(job_id)  # read after subscribing: nothing between this and the stream is lost
@@ -77,7 +77,7 @@ def batch_events(batch_id: str):
         if viewer is not None:
             viewer.close()
         raise
-    store = pixelmill.runtime.store
+    store = pixelmill.services.store
     return _stream(_batch_stream(viewer, store, batch, jobs, snapshot, base=base_url(), previews=_preview_base()),
                    viewer)
 
@@ -87,7 +87,7 @@ def batch_events(batch_id: str):
 def job_preview(job_id: str):
     """The latest live preview of a running diffusion job (kept a short while only)."""
     job = fetch_job(job_id)
-    png = None if job.status.is_terminal() else pixelmill.runtime.store.fetch_preview(job_id)
+    png = None if job.status.is_terminal() else pixelmill.services.store.fetch_preview(job_id)
     if png is None:
         raise JobNotFound(f"job {job_id} has no live preview now (one exists only while a diffusion job generates)")
     response = Response(png, mimetype=PREVIEW_MIMETYPE)
@@ -103,7 +103,7 @@ _hubs_lock = threading.Lock()
 
 def live_hub() -> LiveHub:
     """This process's hub for the app's Redis (a new one after a fork: threads do not survive it)."""
-    url = pixelmill.runtime.settings.redis_url
+    url = pixelmill.services.settings.redis_url
     with _hubs_lock:
         hub = _hubs.get((os.getpid(), url))
         if hub is None:

@@ -17,7 +17,7 @@ bp = Blueprint("ops", __name__)
 def healthz():
     """Alive and able to reach Redis (the job store)."""
     try:
-        pixelmill.runtime.redis.ping()
+        pixelmill.services.redis.ping()
     except redis.RedisError as e:
         return jsonify(status="unavailable", redis=f"unreachable: {e}"), 503
     return jsonify(status="ok", redis="ok")
@@ -29,9 +29,9 @@ def metrics():
     from tasks.celery_app import app as celery_app
     from web.prometheus import registry_for
 
-    token = pixelmill.runtime.settings.metrics_token
+    token = pixelmill.services.settings.metrics_token
     if token and not hmac.compare_digest(request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
         return Response("send the metrics token as 'Authorization: Bearer <PIXELMILL_METRICS_TOKEN>'\n", status=401,
                         content_type="text/plain; charset=utf-8", headers={"WWW-Authenticate": "Bearer"})
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
-    return Response(encode(registry_for(pixelmill.runtime, celery=celery_app)), content_type=content_type)
+    return Response(encode(registry_for(pixelmill.services, celery=celery_app)), content_type=content_type)

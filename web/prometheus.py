@@ -22,7 +22,7 @@ from tasks.heartbeat import WorkerInfo, fetch_workers
 from tasks.jobs import TERMINAL, JobStatus
 from tasks.metrics import Aggregate, fetch_active, fetch_totals
 from tasks.queues import fetch_queue_depths
-from tasks.runtime import Runtime
+from tasks.services import Services
 from tasks.settings import QUEUES
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ TERMINAL_STATES = sorted(s.value for s in TERMINAL)
 
 
 class PixelmillCollector(Collector):
-    def __init__(self, rt: Runtime, *, celery: Celery) -> None:
+    def __init__(self, rt: Services, *, celery: Celery) -> None:
         self.rt = rt
         self.celery = celery
 
@@ -162,7 +162,7 @@ def _gauge(name: str, documentation: str, *, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, documentation, value=value)
 
 
-def registry_for(rt: Runtime, *, celery: Celery) -> CollectorRegistry:
+def registry_for(rt: Services, *, celery: Celery) -> CollectorRegistry:
     """A registry holding only the pixelmill collector (no process metrics of this web process)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(PixelmillCollector(rt, celery=celery))

@@ -18,7 +18,7 @@ bp = Blueprint("ui", __name__)
 
 @bp.get("/")
 def index():
-    rt = pixelmill.runtime
+    rt = pixelmill.services
     recent = rt.store.recent(current_tenant(), limit=8)
     return render_template(
         "index.html",
@@ -32,7 +32,7 @@ def index():
 
 @bp.post("/submit")
 def submit():
-    rt = pixelmill.runtime
+    rt = pixelmill.services
     params = read_params(request, strict=False)
     uploads = read_uploads(request, field="images", max_files=rt.settings.max_batch_files)
     single = len(uploads) == 1
@@ -55,7 +55,7 @@ def submit():
 @bp.get("/jobs/<job_id>")
 def show_job(job_id: str):
     job = fetch_job(job_id)
-    progress = pixelmill.runtime.store.fetch_progress(job_id)
+    progress = pixelmill.services.store.fetch_progress(job_id)
     return render_template("job.html", job=job_payload(job, progress=progress, base_url=base_url()),
                            deliveries=webhook_info(job.id)["deliveries"])
 
@@ -64,7 +64,7 @@ def show_job(job_id: str):
 def cancel_job(job_id: str):
     job = fetch_job(job_id)
     if not job.status.is_terminal():
-        pixelmill.runtime.store.cancel(job_id)
+        pixelmill.services.store.cancel(job_id)
     return redirect(url_for("ui.show_job", job_id=job_id), code=303)
 
 
@@ -76,5 +76,5 @@ def show_batch(batch_id: str):
 
 @bp.get("/gallery")
 def gallery():
-    jobs = pixelmill.runtime.store.recent(current_tenant(), limit=60)
+    jobs = pixelmill.services.store.recent(current_tenant(), limit=60)
     return render_template("gallery.html", jobs=[job_payload(job) for job in jobs])

@@ -16,7 +16,7 @@ bp = Blueprint("webhook_pages", __name__, url_prefix="/settings/webhooks")
 
 @bp.get("")
 def index():
-    store = pixelmill.runtime.webhooks
+    store = pixelmill.services.webhooks
     tenant = current_tenant()
     return render_template("webhooks.html", endpoints=[e.public() for e in store.list_endpoints(tenant)],
                            dead=[d.summary() for d in store.dead_letters(tenant, limit=100)],
@@ -25,7 +25,7 @@ def index():
 
 @bp.post("")
 def create():
-    rt = pixelmill.runtime
+    rt = pixelmill.services
     body = EndpointCreate(url=request.form.get("url", ""), events=request.form.getlist("events") or None,
                           description=request.form.get("description", ""))
     endpoint, secret = service.create_endpoint(rt.webhooks, rt.settings, tenant=current_tenant(), request=body)
@@ -34,20 +34,20 @@ def create():
 
 @bp.post("/<endpoint_id>/rotate")
 def rotate(endpoint_id: str):
-    rt = pixelmill.runtime
+    rt = pixelmill.services
     endpoint, secret = service.rotate_secret(rt.webhooks, rt.settings, tenant=current_tenant(), endpoint_id=endpoint_id)
     return render_template("webhook_secret.html", endpoint=endpoint.public(), secret=secret, rotated=True)
 
 
 @bp.post("/<endpoint_id>/enable")
 def enable(endpoint_id: str):
-    service.enable_endpoint(pixelmill.runtime.webhooks, tenant=current_tenant(), endpoint_id=endpoint_id)
+    service.enable_endpoint(pixelmill.services.webhooks, tenant=current_tenant(), endpoint_id=endpoint_id)
     return redirect(url_for("webhook_pages.index"), code=303)
 
 
 @bp.post("/<endpoint_id>/delete")
 def delete(endpoint_id: str):
-    service.delete_endpoint(pixelmill.runtime.webhooks, tenant=current_tenant(), endpoint_id=endpoint_id)
+    service.delete_endpoint(pixelmill.services.webhooks, tenant=current_tenant(), endpoint_id=endpoint_id)
     return redirect(url_for("webhook_pages.index"), code=303)
 
 

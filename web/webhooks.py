@@ -32,7 +32,7 @@ class RotateRequest(BaseModel):
 
 @bp.post("/webhooks")
 def create_endpoint():
-    rt = pixelmill.runtime
+    rt = pixelmill.services
     body = EndpointCreate.model_validate(read_json_body(request))
     endpoint, secret = service.create_endpoint(rt.webhooks, rt.settings, tenant=current_tenant(), request=body)
     response = jsonify({**endpoint.public(), "secret": secret, "note": SECRET_NOTE})
@@ -43,7 +43,7 @@ def create_endpoint():
 
 @bp.get("/webhooks")
 def list_endpoints():
-    endpoints = pixelmill.runtime.webhooks.list_endpoints(current_tenant())
+    endpoints = pixelmill.services.webhooks.list_endpoints(current_tenant())
     return jsonify(webhooks=[e.public() for e in endpoints])
 
 
@@ -54,13 +54,13 @@ def show_endpoint(endpoint_id: str):
 
 @bp.delete("/webhooks/<endpoint_id>")
 def delete_endpoint(endpoint_id: str):
-    endpoint = service.delete_endpoint(pixelmill.runtime.webhooks, tenant=current_tenant(), endpoint_id=endpoint_id)
+    endpoint = service.delete_endpoint(pixelmill.services.webhooks, tenant=current_tenant(), endpoint_id=endpoint_id)
     return jsonify({**endpoint.public(), "deleted": True})
 
 
 @bp.post("/webhooks/<endpoint_id>/rotate")
 def rotate_secret(endpoint_id: str):
-    rt = pixelmill.runtime
+    rt = pixelmill.services
     body = RotateRequest.model_validate(read_json_body(request))
     endpoint, secret = service.rotate_secret(rt.webhooks, rt.settings, tenant=current_tenant(),
                                              endpoint_id=endpoint_id, overlap_s=body.overlap_seconds)
@@ -69,7 +69,7 @@ def rotate_secret(endpoint_id: str):
 
 @bp.post("/webhooks/<endpoint_id>/enable")
 def enable_endpoint(endpoint_id: str):
-    endpoint = service.enable_endpoint(pixelmill.runtime.webhooks, tenant=current_tenant(), endpoint_id=endpoint_id)
+    endpoint = service.enable_endpoint(pixelmill.services.webhooks, tenant=current_tenant(), endpoint_id=endpoint_id)
     return jsonify(endpoint.public())
 
 
@@ -77,20 +77,20 @@ def enable_endpoint(endpoint_id: str):
 def endpoint_deliveries(endpoint_id: str):
     _endpoint(endpoint_id)
     query = read_query(request, DeliveryListQuery)
-    deliveries = pixelmill.runtime.webhooks.deliveries_for_endpoint(endpoint_id, limit=query.limit)
+    deliveries = pixelmill.services.webhooks.deliveries_for_endpoint(endpoint_id, limit=query.limit)
     return jsonify(deliveries=[d.detail() for d in deliveries])
 
 
 @bp.get("/deliveries/dead")
 def dead_letters():
     query = read_query(request, DeliveryListQuery)
-    deliveries = pixelmill.runtime.webhooks.dead_letters(current_tenant(), limit=query.limit)
+    deliveries = pixelmill.services.webhooks.dead_letters(current_tenant(), limit=query.limit)
     return jsonify(deliveries=[d.detail() for d in deliveries])
 
 
 @bp.get("/deliveries/<delivery_id>")
 def show_delivery(delivery_id: str):
-    delivery = service.fetch_delivery(pixelmill.runtime.webhooks, tenant=current_tenant(), delivery_id=delivery_id)
+    delivery = service.fetch_delivery(pixelmill.services.webhooks, tenant=current_tenant(), delivery_id=delivery_id)
     return jsonify(delivery.detail())
 
 
@@ -103,7 +103,7 @@ def redeliver(delivery_id: str):
 # --- helpers shared with the job API and the pages --------------------------------------------
 
 def redeliver_for_tenant(delivery_id: str):
-    rt = pixelmill.runtime
+    rt = pixelmill.services
     return service.redeliver(rt.webhooks, tenant=current_tenant(), delivery_id=delivery_id,
                              enqueue=lambda d_id, schedule: enqueue_delivery(rt.settings, d_id, schedule))
 
@@ -116,7 +116,7 @@ def webhook_subscription(req: Request, *, default_events: tuple[str, ...]) -> It
     if wanted is None:
         yield None
         return
-    rt = pixelmill.runtime
+    rt = pixelmill.services
     subscribed = service.subscribe(rt.webhooks, rt.settings, tenant=current_tenant(), request=wanted)
     try:
         yield subscribed
@@ -127,7 +127,7 @@ def webhook_subscription(req: Request, *, default_events: tuple[str, ...]) -> It
 
 def webhook_info(subject_id: str) -> dict[str, Any]:
     """A job's (or batch's) own webhook and every delivery of its events, for the API and the page."""
-    store = pixelmill.runtime.webhooks
+    store = pixelmill.services.webhooks
     info: dict[str, Any] = {"webhook": None,
                             "deliveries": [d.summary() for d in store.deliveries_for_subject(subject_id)]}
     subscription = store.fetch_subscription(subject_id)
@@ -139,4 +139,4 @@ def webhook_info(subject_id: str) -> dict[str, Any]:
 
 
 def _endpoint(endpoint_id: str):
-    return service.fetch_endpoint(pixelmill.runtime.webhooks, tenant=current_tenant(), endpoint_id=endpoint_id)
+    return service.fetch_endpoint(pixelmill.services.webhooks, tenant=current_tenant(), endpoint_id=endpoint_id)

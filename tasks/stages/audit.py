@@ -11,7 +11,7 @@ from safety.policy import Action, blur, decide
 from safety.quality import Verdict, check_quality
 from tasks.celery_app import app
 from tasks.jobs import Job, JobStatus
-from tasks.runtime import Runtime
+from tasks.worker_runtime import WorkerRuntime
 from tasks.stages.base import StageResult, load_image, run_stage, save_image
 
 
@@ -20,7 +20,7 @@ def audit(self, job_id: str) -> None:
     run_stage(self, job_id, "audit", _audit)
 
 
-def _audit(job: Job, rt: Runtime) -> StageResult:
+def _audit(job: Job, rt: WorkerRuntime) -> StageResult:
     served = load_image(rt, job.outputs["enhanced"])  # audit exactly what would be served
     reference = load_image(rt, job.outputs["normalized"])
     quality = check_quality(served, reference=_same_size(reference, served))

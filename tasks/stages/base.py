@@ -23,7 +23,7 @@ from safety.validate import decode_png, encode_png
 from tasks.errors import InvalidTransition, JobNotFound, PixelmillError
 from tasks.jobs import Job, JobStatus
 from tasks.metrics import stage_metrics
-from tasks.runtime import Runtime, get_runtime
+from tasks.worker_runtime import WorkerRuntime, get_worker_runtime
 from workers.errors import EngineError, Interrupted
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class StageResult:
     device_s: float | None = None  # this job's share of device time when it shared it (a batch); else measured
 
 
-StageWork = Callable[[Job, Runtime], StageResult]
+StageWork = Callable[[Job, WorkerRuntime], StageResult]
 
 
 def run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
@@ -58,7 +58,7 @@ def run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
     except TRANSIENT as e:
         limit = next(n for kind, n in MAX_RETRIES.items() if isinstance(e, kind))
         if task.request.retries >= limit:
-            _fail(get_runtime(), job_id, code="unavailable",
+            _fail(get_worker_runtime(), job_id, code="unavailable",
                   message=f"{stage} failed {limit + 1} times on a transient error: {type(e).__name__}: {e}")
             raise Ignore() from e
         log.warning("%s: transient %s on job %s; retry %d of %d", stage, type(e).__name__, job_id,
@@ -75,7 +75,7 @@ class Skip(Exception):
         self.proceed, self.code = proceed, code
 
 
-def _admit(rt: Runtime, stage: str, job: Job) -> None:
+def _admit(rt: WorkerRuntime, stage: str, job: Job) -> None:
     """What a stage checks on the job before it starts (inside the start transition)."""
     if job.status.is_terminal():
         raise Skip(f"job {job.id} is already {job.status.value}; stopping its chain")
@@ -90,7 +90,7 @@ def _admit(rt: Runtime, stage: str, job: Job) -> None:
 
 
 def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
-    rt = get_runtime()
+    rt = get_worker_runtime()
     queue = (task.request.delivery_info or {}).get("routing_key")
     try:
         job = rt.store.start_stage(job_id, stage, queue=queue, worker=task.request.hostname,
@@ -148,16 +148,16 @@ def backoff(retries: int, *, base_s: float = 1.0, cap_s: float = 60.0) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
-def _fail(rt: Runtime, job_id: str, *, code: str, message: str) -> None:
+def _fail(rt: WorkerRuntime, job_id: str, *, code: str, message: str) -> None:
     try:
         rt.store.fail(job_id, code=code, message=message)
     except PixelmillError as e:
         log.warning("could not mark job %s failed: %s", job_id, e)
 
 
-def load_image(rt: Runtime, ref: str) -> np.ndarray:
+def load_image(rt: WorkerRuntime, ref: str) -> np.ndarray:
     return decode_png(rt.blobs.fetch(ref))
 
 
-def save_image(rt: Runtime, image: np.ndarray) -> str:
+def save_image(rt: WorkerRuntime, image: np.ndarray) -> str:
     return rt.blobs.save(encode_png(image), ext="png")

@@ -9,7 +9,7 @@ import torch
 from tasks.caching import cache_scope, encoder_spec, expected_latent_bytes
 from tasks.celery_app import app
 from tasks.jobs import Job
-from tasks.runtime import Runtime
+from tasks.worker_runtime import WorkerRuntime
 from tasks.stages.base import StageResult, load_image, run_stage, save_image
 from workers.diffusion import DiffusionEngine, normalise_for_diffusion
 from workers.imaging import fit_within
@@ -20,7 +20,7 @@ def encode(self, job_id: str) -> None:
     run_stage(self, job_id, "encode", _encode)
 
 
-def _encode(job: Job, rt: Runtime) -> StageResult:
+def _encode(job: Job, rt: WorkerRuntime) -> StageResult:
     params = job.job_params
     image = load_image(rt, job.input_ref)
     if params.engine == "style":

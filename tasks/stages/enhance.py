@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tasks.celery_app import app
 from tasks.jobs import Job
-from tasks.runtime import Runtime
+from tasks.worker_runtime import WorkerRuntime
 from tasks.stages.base import StageResult, load_image, run_stage, save_image
 from workers.enhance import EnhanceOptions, enhance as enhance_image
 
@@ -14,7 +14,7 @@ def enhance(self, job_id: str) -> None:
     run_stage(self, job_id, "enhance", _enhance)
 
 
-def _enhance(job: Job, rt: Runtime) -> StageResult:
+def _enhance(job: Job, rt: WorkerRuntime) -> StageResult:
     params = job.job_params
     options = EnhanceOptions(upscale=params.upscale, sharpen=params.sharpen, local_contrast=params.local_contrast)
     if options == EnhanceOptions():

@@ -10,7 +10,7 @@ from tasks.batching import GenerateRequest, generate_requests
 from tasks.caching import cache_scope, generation_key
 from tasks.celery_app import app
 from tasks.jobs import Job
-from tasks.runtime import Runtime
+from tasks.worker_runtime import WorkerRuntime
 from tasks.stages.base import StageResult, load_image, run_stage, save_image
 from workers.diffusion import GenerateParams
 from workers.preview import preview_png
@@ -24,7 +24,7 @@ def generate(self, job_id: str) -> None:
     run_stage(self, job_id, "generate", _generate)
 
 
-def _generate(job: Job, rt: Runtime) -> StageResult:
+def _generate(job: Job, rt: WorkerRuntime) -> StageResult:
     params = job.job_params
     if params.engine == "style":
         image = load_image(rt, job.outputs["normalized"])
@@ -62,7 +62,7 @@ def _generate(job: Job, rt: Runtime) -> StageResult:
     return StageResult(outputs={"generated": generated}, cache=cache_info, device_s=device_s)
 
 
-def _progress_reporter(job: Job, rt: Runtime):
+def _progress_reporter(job: Job, rt: WorkerRuntime):
     last = 0.0
 
     def on_step(step: int, steps: int, latents: torch.Tensor) -> bool:

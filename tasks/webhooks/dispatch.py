@@ -19,7 +19,7 @@ from tasks.events import OUTBOX, PROCESSING, JobEvent
 from tasks.events import key_for as event_key
 from tasks.jobs import Job
 from tasks.present import batch_payload, job_payload
-from tasks.runtime import Runtime
+from tasks.services import Services
 from tasks.webhooks.models import Delivery, Endpoint, WebhookPayload
 from tasks.webhooks.store import WebhookStore, key_for
 
@@ -30,7 +30,7 @@ LOCK_TTL_S = 15  # renewed while draining; a dispatcher that died frees it soon
 FAILED = event_key("failed")
 
 
-def drain(rt: Runtime, *, enqueue: Enqueue) -> int:
+def drain(rt: Services, *, enqueue: Enqueue) -> int:
     """Handle every event in the outbox; returns how many. Safe to call from many workers at once."""
     handled = 0
     while True:
@@ -48,7 +48,7 @@ def drain(rt: Runtime, *, enqueue: Enqueue) -> int:
             return handled
 
 
-def _drain_locked(rt: Runtime, lock: redis.lock.Lock, *, enqueue: Enqueue) -> int:
+def _drain_locked(rt: Services, lock: redis.lock.Lock, *, enqueue: Enqueue) -> int:
     handled = 0
     while True:
         raw = rt.redis.lindex(PROCESSING, 0) or rt.redis.lmove(OUTBOX, PROCESSING, "LEFT", "RIGHT")
@@ -66,7 +66,7 @@ def _drain_locked(rt: Runtime, lock: redis.lock.Lock, *, enqueue: Enqueue) -> in
         lock.reacquire()
 
 
-def handle_event(rt: Runtime, event: JobEvent, *, enqueue: Enqueue) -> list[Delivery]:
+def handle_event(rt: Services, event: JobEvent, *, enqueue: Enqueue) -> list[Delivery]:
     """Create (and enqueue) one delivery per endpoint that wants this event."""
     endpoints = targets(rt.webhooks, event)
     if not endpoints:
@@ -102,7 +102,7 @@ def targets(store: WebhookStore, event: JobEvent) -> list[Endpoint]:
     return list(by_url.values())
 
 
-def payload_body(rt: Runtime, event: JobEvent) -> str:
+def payload_body(rt: Services, event: JobEvent) -> str:
     """The JSON body every delivery of this event sends, built once: a job as it was at the event."""
     base_url = rt.settings.public_url.rstrip("/")
     if event.type == "batch.completed":

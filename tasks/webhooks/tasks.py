@@ -13,7 +13,7 @@ from celery.signals import worker_ready
 
 from tasks.celery_app import app
 from tasks.pipeline import route_for
-from tasks.runtime import Runtime, get_runtime
+from tasks.services import Services, get_services
 from tasks.settings import Settings, get_settings
 from tasks.webhooks.deliver import Policy, run_delivery
 from tasks.webhooks.dispatch import drain
@@ -31,14 +31,14 @@ def io_queue(settings: Settings) -> str:
 
 @app.task(name="pixelmill.webhooks.dispatch", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
 def dispatch() -> None:
-    rt = get_runtime()
+    rt = get_services()
     drain(rt, enqueue=partial(enqueue_delivery, rt.settings))
     sweep(rt)
 
 
 @app.task(name="pixelmill.deliver", autoretry_for=TRANSIENT, retry_backoff=True, max_retries=5)
 def deliver(delivery_id: str, schedule: int = 0) -> None:
-    rt = get_runtime()
+    rt = get_services()
     step = run_delivery(rt.webhooks, Policy.from_settings(rt.settings), delivery_id=delivery_id, schedule=schedule)
     if step.retry_in is not None:
         enqueue_delivery(rt.settings, delivery_id, step.schedule, countdown=step.retry_in)
@@ -59,7 +59,7 @@ def kick(settings: Settings) -> None:
         log.warning("could not enqueue webhook dispatch (events stay in the outbox): %s", e)
 
 
-def sweep(rt: Runtime) -> int:
+def sweep(rt: Services) -> int:
     """Re-enqueue pending deliveries whose task message was lost (at most every 30 s)."""
     if not rt.webhooks.once_every("sweep", seconds=SWEEP_EVERY_S):
         return 0

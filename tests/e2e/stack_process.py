@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 
 from tests.conftest import ROOT
-from workers.redis_server import free_port
+from stack.redis_server import free_port
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ def running_stack(data_dir: Path, *, env: dict[str, str] | None = None, timeout_
     log_path = data_dir / "stack.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "workers.cli", "up", "--port", str(port), "--data-dir", str(data_dir)],
+            [sys.executable, "-m", "stack.cli", "up", "--port", str(port), "--data-dir", str(data_dir)],
             cwd=ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     stack = Stack(f"http://127.0.0.1:{port}", proc, data_dir, log_path)

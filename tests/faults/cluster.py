@@ -16,7 +16,7 @@ from pathlib import Path
 import requests
 
 from tests.conftest import ROOT
-from workers.redis_server import RedisServer, free_port
+from stack.redis_server import RedisServer, free_port
 
 TERMINAL = {"succeeded", "failed", "blocked", "canceled"}
 
@@ -88,13 +88,13 @@ class Cluster:
 
     def start_io_worker(self) -> subprocess.Popen:
         """Webhook deliveries run here, as in `make run`: never on a stage worker."""
-        from workers.stack import IO_WORKER_ENV
+        from stack.supervisor import IO_WORKER_ENV
 
         return self.start_worker(name="io", queues="io", concurrency=4, pool="threads", extra_env=IO_WORKER_ENV)
 
     def start_reaper(self) -> subprocess.Popen:
         """As in `make run`: expires late jobs, re-enqueues stuck ones, drains the event outbox."""
-        return self.spawn("reaper", [sys.executable, "-m", "workers.cli", "reaper"])
+        return self.spawn("reaper", [sys.executable, "-m", "stack.cli", "reaper"])
 
     def start_web(self) -> str:
         port = free_port()

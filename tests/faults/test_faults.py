@@ -193,7 +193,7 @@ def test_reaper_expires_late_jobs_and_requeues_stuck_ones(tmp_path, tiny_model):
         client.delete("cpu")
         JobStore(client).start_stage(stuck, "encode", queue="cpu", worker="gone@host")
         time.sleep(2.5)
-        reaper = cluster.spawn("reaper", [sys.executable, "-m", "workers.cli", "reaper"])
+        reaper = cluster.spawn("reaper", [sys.executable, "-m", "stack.cli", "reaper"])
         cluster.start_worker(name="after")
         jobs = cluster.wait_all([late, stuck], timeout_s=60)
         assert jobs[late]["status"] == "failed" and jobs[late]["error"]["code"] == "expired"

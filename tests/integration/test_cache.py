@@ -34,7 +34,7 @@ from tasks.submit import Upload, submit_job
 from tests.conftest import SESSION_DIR, encode, photo, start_worker, stop_worker, wait_for_job, wait_worker_ready
 from tests.corpus import jpeg_with_and_without_exif, resized
 from workers.diffusion import normalise_for_diffusion
-from workers.redis_server import RedisServer
+from stack.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
 

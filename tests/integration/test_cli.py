@@ -25,9 +25,9 @@ from PIL import Image
 from werkzeug.serving import make_server
 
 from tests.conftest import ROOT, declare_test_queue, encode, photo
-from workers.cli import main
-from workers.redis_server import free_port
-from workers.submit_state import STATE_NAME
+from stack.cli import main
+from stack.redis_server import free_port
+from client.state import STATE_NAME
 
 pytestmark = pytest.mark.integration
 
@@ -184,7 +184,7 @@ def test_ctrl_c_then_rerun_finishes_without_resubmitting(held_server, tmp_path, 
     out = tmp_path / "out"
     argv = ["submit", str(root), "--url", held_server, "--wait", "--out", str(out), "--batch-size", "2",
             "--no-progress", *FAST]
-    proc = subprocess.Popen([sys.executable, "-m", "workers.cli", *argv], cwd=ROOT, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "stack.cli", *argv], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         deadline = time.monotonic() + 60

@@ -24,7 +24,7 @@ from tasks.pipeline import enqueue
 from tasks.settings import Settings
 from tests.conftest import encode, photo
 from workers.preview import preview_png
-from workers.redis_server import RedisServer, free_port
+from stack.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.integration
 

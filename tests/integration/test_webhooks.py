@@ -19,7 +19,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from tests.conftest import encode, photo, wait_for_job
-from workers.redis_server import free_port
+from stack.redis_server import free_port
 
 pytestmark = pytest.mark.integration
 

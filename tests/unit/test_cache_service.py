@@ -265,7 +265,7 @@ def test_a_redis_outage_is_a_miss_never_an_error() -> None:
 
 
 def test_memory_policy_check(tmp_path, redis_server) -> None:
-    from workers.redis_server import RedisServer
+    from stack.redis_server import RedisServer
 
     shared = Backend(redis.Redis.from_url(redis_server.url))
     assert check_memory_policy(shared, shared_with_broker=True).to_dict()["ok"]  # the embedded one: noeviction

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tasks.settings import QUEUES, Settings
-from workers.stack import plan_worker
+from stack.supervisor import plan_worker
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -46,7 +46,7 @@ def _script(name: str):
 
 @cache
 def _pixelmill_help(*subcommand: str) -> str:
-    from workers.cli import main
+    from stack.cli import main
 
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out), pytest.raises(SystemExit) as exit_:

@@ -19,7 +19,7 @@ from tasks.metrics import (BUCKETS, MINUTE_TTL_S, Aggregate, Histogram, bucket_i
 from tasks.present import batch_payload, job_payload
 from tasks.settings import Settings
 from tasks.store import JobStore
-from workers.redis_server import free_port
+from stack.redis_server import free_port
 
 PRICES = {"cpu": 0.10, "gpu": 2.50, "io": 0.02}
 

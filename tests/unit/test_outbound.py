@@ -187,7 +187,7 @@ def test_a_slow_receiver_times_out(server):
 
 
 def test_a_closed_port_is_a_network_error():
-    from workers.redis_server import free_port
+    from stack.redis_server import free_port
 
     with pytest.raises(OutboundError, match="could not connect"):
         post(_target(free_port(), "/"), body=b"{}", headers={}, timeout_s=2)

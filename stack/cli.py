@@ -75,14 +75,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _up(args: argparse.Namespace) -> int:
-    from workers.stack import run_stack
+    from stack.supervisor import run_stack
 
     return run_stack(host=args.host, port=args.port, cpu_concurrency=args.cpu_concurrency, data_dir=args.data_dir)
 
 
 def _worker(args: argparse.Namespace) -> int:
     from tasks.settings import get_settings
-    from workers.stack import plan_worker, worker_argv
+    from stack.supervisor import plan_worker, worker_argv
 
     plan = plan_worker(args.queues, concurrency=args.concurrency, gpu_max_batch=get_settings().gpu_max_batch)
     for name, value in plan.env.items():
@@ -93,7 +93,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _web(args: argparse.Namespace) -> int:
-    from workers.stack import web_argv
+    from stack.supervisor import web_argv
 
     argv = web_argv(host=args.host, port=args.port)
     os.execv(argv[0], argv)
@@ -101,7 +101,7 @@ def _web(args: argparse.Namespace) -> int:
 
 
 def _redis(args: argparse.Namespace) -> int:
-    from workers.redis_server import RedisServer
+    from stack.redis_server import RedisServer
 
     server = RedisServer(data_dir=args.data_dir, port=args.port)
     args.data_dir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,7 @@ def _redis(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from workers.batch_submit import SubmitOptions, run_submit
+    from client.submit import SubmitOptions, run_submit
 
     params = {"engine": args.engine, "style": args.style, "prompt": args.prompt, "upscale": args.upscale}
     optional = {"negative_prompt": args.negative_prompt, "strength": args.strength, "steps": args.steps,
@@ -150,17 +150,17 @@ def _reaper(args: argparse.Namespace) -> int:
     import logging
 
     from tasks.reaper import run_forever
-    from tasks.runtime import get_runtime
+    from tasks.services import get_services
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    run_forever(get_runtime())
+    run_forever(get_services())
     return 0
 
 
 def _keys(args: argparse.Namespace) -> int:
-    from tasks.runtime import get_runtime
+    from tasks.services import get_services
 
-    tenants = get_runtime().tenants
+    tenants = get_services().tenants
     if args.action == "create":
         key, plaintext = tenants.create_key(tenant=args.tenant, name=args.name)
         print(f"key id {key.id} for tenant {key.tenant}:\n{plaintext}\n(store it now: it is not shown again)")
@@ -178,9 +178,9 @@ def _keys(args: argparse.Namespace) -> int:
 
 def _policy(args: argparse.Namespace) -> int:
     from safety.policy import Action, AuditPolicy
-    from tasks.runtime import get_runtime
+    from tasks.services import get_services
 
-    rt = get_runtime()
+    rt = get_services()
     current = rt.audit_policy(args.tenant)
     if args.threshold is not None or args.action:
         current = AuditPolicy(threshold=current.threshold if args.threshold is None else args.threshold,

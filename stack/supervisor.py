@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.redis_server import RedisServer
+from stack.redis_server import RedisServer
 
 STOP_GRACE_S = 20.0
 # A threads-pool worker crashes ("Unrecoverable error") when Celery cancels its running tasks
@@ -96,7 +96,7 @@ def stack_specs(*, host: str, port: int, cpu_concurrency: int, env: dict[str, st
         worker_spec("gpu", plan_worker("gpu", gpu_max_batch=gpu_max_batch), env),
         worker_spec("io", plan_worker("io"), env),
         ProcessSpec("web", web_argv(host=host, port=port), env),
-        ProcessSpec("reaper", [sys.executable, "-m", "workers.cli", "reaper"], env),
+        ProcessSpec("reaper", [sys.executable, "-m", "stack.cli", "reaper"], env),
     ]
 
 

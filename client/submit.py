@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workers.client import ApiClient, ApiError, ServerUnreachable
-from workers.submit_inputs import IMAGE_SUFFIXES, Input, InputError, Unreadable, collect_inputs
-from workers.submit_report import Reporter, failure_table
-from workers.submit_state import NEW, REFUSED, STATE_NAME, TERMINAL, Entry, StateError, SubmitState
+from client.http import ApiClient, ApiError, ServerUnreachable
+from client.inputs import IMAGE_SUFFIXES, Input, InputError, Unreadable, collect_inputs
+from client.report import Reporter, failure_table
+from client.state import NEW, REFUSED, STATE_NAME, TERMINAL, Entry, StateError, SubmitState
 
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # well under the server's default max_request_bytes (200 MiB)
 PATIENCE_S = 120.0  # how long a lost connection is retried before giving up (a rerun resumes)

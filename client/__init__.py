@@ -1,0 +1,1 @@
+"""The HTTP client of the JSON API and `pixelmill submit` (needs only requests and tqdm)."""
