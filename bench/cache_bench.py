@@ -18,8 +18,6 @@ It starts its own private redis-server.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import statistics
 import sys
@@ -35,6 +33,7 @@ import numpy as np  # noqa: E402
 import redis  # noqa: E402
 import torch  # noqa: E402
 
+from bench.common import machine, table, write_section  # noqa: E402
 from cache.backend import Backend  # noqa: E402
 from cache.fingerprint import fingerprint  # noqa: E402
 from cache.keys import EncoderSpec  # noqa: E402
@@ -43,7 +42,6 @@ from cache.service import CacheConfig, LatentCache  # noqa: E402
 from workers.diffusion import normalise_for_diffusion  # noqa: E402
 from stack.redis_server import RedisServer  # noqa: E402
 
-START, END = "<!-- cache-bench:start -->", "<!-- cache-bench:end -->"
 SPEC = EncoderSpec(model="sd15-size-random", revision=None, dtype="fp32", size=512)
 
 
@@ -78,14 +76,6 @@ def ms(seconds: float) -> str:
     if seconds < 1e-3:
         return f"{seconds * 1e6:.3g} µs"
     return f"{seconds * 1000:.3g} ms" if seconds < 1 else f"{seconds:.2f} s"
-
-
-def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU") \
-        if Path("/proc/cpuinfo").exists() else platform.processor()
-    gpu = "no GPU" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)
-    return f"{os.cpu_count()}-core {cpu}, {gpu}, torch {torch.__version__} (threads: {torch.get_num_threads()})"
 
 
 def run(args: argparse.Namespace, client: redis.Redis) -> list[tuple[str, str]]:
@@ -212,21 +202,12 @@ def workload(client: redis.Redis, photos: dict, same: dict, different: dict, *, 
 
 
 def render(rows: list[tuple[str, str]], *, command: str) -> str:
-    lines = [START, "## Latent cache (`make bench-cache`)", "",
-             f"Machine: {machine()}. Command: `{command}`; all figures from one run "
-             f"({time.strftime('%Y-%m-%d')}).", "", "| what | figure |", "|---|---|"]
-    lines += [f"| {what} | {figure} |" for what, figure in rows]
-    lines += ["", END]
-    return "\n".join(lines)
-
-
-def write(path: Path, block: str) -> None:
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nFigures measured with the commands named in each section.\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(text)
+    return "\n".join([
+        "## Latent cache (`make bench-cache`)", "",
+        f"Machine: {machine()}, {torch.get_num_threads()} threads. Command: `{command}`; all figures from one run "
+        f"({time.strftime('%Y-%m-%d')}).", "",
+        table(("what", "figure"), rows),
+    ])
 
 
 def main() -> None:
@@ -250,7 +231,7 @@ def main() -> None:
     for what, figure in rows:
         print(f"{what:<{width}}  {figure}")
     if not args.no_write:
-        write(args.out, render(rows, command="make bench-cache"))
+        write_section("cache-bench", render(rows, command="make bench-cache"), path=args.out)
         print(f"\nwritten to {args.out}")
 
 

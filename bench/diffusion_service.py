@@ -12,7 +12,6 @@ on a GPU, point --model at an SD 1.5 folder (bench/gpu_sd15.py builds the random
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import sys
 import tempfile

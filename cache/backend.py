@@ -25,7 +25,7 @@ PREFIX = "pixelmill:cache"
 T = TypeVar("T")
 
 
-def key_for(scope_token: str, kind: str, *parts: str) -> str:
+def cache_key(scope_token: str, kind: str, *parts: str) -> str:
     """Every Redis key of a scope's cache entries: ``pixelmill:cache:<scope>:<kind>:<parts…>``.
 
     All of a scope's entries share the prefix ``pixelmill:cache:<scope>:``, which is how a

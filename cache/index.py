@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import redis
 
-from cache.backend import Backend, key_for
+from cache.backend import Backend, cache_key
 from cache.errors import BadCacheEntry
 from cache.fingerprint import Fingerprint, Similarity, Tolerance, chunks, compare, hamming
 
@@ -38,7 +38,7 @@ class NearDuplicateIndex:
         self.tolerance = tolerance
 
     def _bucket_keys(self, token: str, encoder: str, phash: int) -> list[str]:
-        return [key_for(token, "mih", encoder, str(i), format(v, "x")) for i, v in chunks(phash, radius=self.radius)]
+        return [cache_key(token, "mih", encoder, str(i), format(v, "x")) for i, v in chunks(phash, radius=self.radius)]
 
     def add(self, *, token: str, encoder: str, key: str, fp: Fingerprint) -> bool:
         member = f"{fp.phash:016x}:{key}"
@@ -46,7 +46,7 @@ class NearDuplicateIndex:
 
         def write(r: redis.Redis) -> bool:
             with r.pipeline(transaction=True) as pipe:
-                pipe.set(key_for(token, "fp", key), data, ex=self.ttl_s)
+                pipe.set(cache_key(token, "fp", key), data, ex=self.ttl_s)
                 for bucket in self._bucket_keys(token, encoder, fp.phash):
                     pipe.sadd(bucket, member)
                     pipe.expire(bucket, self.ttl_s)
@@ -77,7 +77,7 @@ class NearDuplicateIndex:
         if not near:
             return []
         keys = sorted(near, key=near.__getitem__)[:MAX_CANDIDATES]
-        blobs = self.backend.call("index fetch", lambda r: r.mget([key_for(token, "fp", k) for k in keys]), None)
+        blobs = self.backend.call("index fetch", lambda r: r.mget([cache_key(token, "fp", k) for k in keys]), None)
         if blobs is None:
             return []
         matches, stale = [], []

@@ -15,7 +15,7 @@ import redis
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
-from cache.backend import Backend, key_for as cache_key
+from cache.backend import Backend, cache_key
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def is_shareable(ref: str) -> bool:
     return not ref.rpartition(":")[2].startswith(UNCACHED)
 
 
-def key_for(ref: str) -> str:
+def latent_redis_key(ref: str) -> str:
     """The Redis key of a latent reference (a pre-scope bare key maps to the old prefix)."""
     token, _, key = ref.rpartition(":")
     if not token:
@@ -68,21 +68,21 @@ class LatentStore:
         if len(data) > self.max_bytes:
             log.info("latent %s is %d bytes, over the cache limit of %d; not cached", ref, len(data), self.max_bytes)
             return False
-        return bool(self.backend.call("save latent", lambda r: r.set(key_for(ref), data, ex=self.ttl_s), False))
+        return bool(self.backend.call("save latent", lambda r: r.set(latent_redis_key(ref), data, ex=self.ttl_s), False))
 
     def fetch(self, ref: str) -> np.ndarray | None:
-        data = self.backend.call("fetch latent", lambda r: r.get(key_for(ref)), None)
+        data = self.backend.call("fetch latent", lambda r: r.get(latent_redis_key(ref)), None)
         if data is None:
             return None
         try:
             return st_load(data)["latent"]
         except Exception as e:  # noqa: BLE001 — a corrupt entry is a miss, and is removed
             log.warning("latent %s could not be decoded (%s); dropping it", ref, e)
-            self.backend.call("drop latent", lambda r: r.delete(key_for(ref)), None)
+            self.backend.call("drop latent", lambda r: r.delete(latent_redis_key(ref)), None)
             return None
 
     def fetch_bytes(self, ref: str) -> bytes | None:
-        return self.backend.call("fetch latent", lambda r: r.get(key_for(ref)), None)
+        return self.backend.call("fetch latent", lambda r: r.get(latent_redis_key(ref)), None)
 
     def exists(self, ref: str) -> bool:
-        return bool(self.backend.call("latent exists", lambda r: r.exists(key_for(ref)), 0))
+        return bool(self.backend.call("latent exists", lambda r: r.exists(latent_redis_key(ref)), 0))

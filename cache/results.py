@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 
-from cache.backend import Backend, key_for
+from cache.backend import Backend, cache_key
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class ResultStore:
         self.ttl_s = ttl_s
 
     def fetch(self, *, token: str, key: str) -> StoredResult | None:
-        raw = self.backend.call("fetch result", lambda r: r.get(key_for(token, "result", key)), None)
+        raw = self.backend.call("fetch result", lambda r: r.get(cache_key(token, "result", key)), None)
         if raw is None:
             return None
         try:
@@ -41,8 +41,8 @@ class ResultStore:
 
     def save(self, *, token: str, key: str, generated: str, job_id: str) -> bool:
         value = json.dumps(asdict(StoredResult(generated=generated, job_id=job_id, created_at=time.time())))
-        return bool(self.backend.call("save result", lambda r: r.set(key_for(token, "result", key), value,
+        return bool(self.backend.call("save result", lambda r: r.set(cache_key(token, "result", key), value,
                                                                      ex=self.ttl_s), False))
 
     def drop(self, *, token: str, key: str) -> None:
-        self.backend.call("drop result", lambda r: r.delete(key_for(token, "result", key)), None)
+        self.backend.call("drop result", lambda r: r.delete(cache_key(token, "result", key)), None)

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal
 
 import redis
 
 from cache.backend import PREFIX, Backend
 from cache.errors import CacheConfigError
 
-ScopeMode = Literal["tenant", "shared"]
 SHARED = "shared"
 
 

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cache import scopes
-from cache.backend import Backend, key_for
+from cache.backend import Backend, cache_key
 from cache.errors import CacheConfigError
 from cache.fingerprint import Fingerprint, Tolerance, fingerprint
 from cache.hot import HotTier, nbytes
@@ -57,7 +57,7 @@ class CacheConfig:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class EncodeOutcome:
     """What the encode-side lookup did, as the job records it."""
 
     ref: str
@@ -120,7 +120,7 @@ class LatentCache:
     # --- encode ---------------------------------------------------------------------------
     def fetch_or_compute(self, image: np.ndarray, *, spec: EncoderSpec, scope: Scope,
                          compute: Callable[[], torch.Tensor], device: str = "cpu",
-                         expected_bytes: int | None = None, stage: str = "encode") -> Outcome:
+                         expected_bytes: int | None = None, stage: str = "encode") -> EncodeOutcome:
         """The latent of a normalised ``image``: from the cache when it (or a near-duplicate) is
         there, else ``compute()``d once across workers and stored."""
         fp = fingerprint(image)
@@ -140,10 +140,10 @@ class LatentCache:
 
     def _lookup_or_compute(self, fp: Fingerprint, *, ref: str, spec: EncoderSpec, scope: Scope, generation: str,
                            compute: Callable[[], torch.Tensor], device: str, expected_bytes: int | None,
-                           stage: str, events: list[Event]) -> Outcome:
-        def hit(tier: str, **info: Any) -> Outcome:
+                           stage: str, events: list[Event]) -> EncodeOutcome:
+        def hit(tier: str, **info: Any) -> EncodeOutcome:
             events.extend([Event(stage, tier, "hits"), Event(stage, "lookup", "hits")])
-            return Outcome(ref=info.pop("ref", ref), cached=True, tier=tier, **info)
+            return EncodeOutcome(ref=info.pop("ref", ref), cached=True, tier=tier, **info)
 
         if self.hot.get(ref) is not None:
             return hit("hot", match="exact")
@@ -181,7 +181,7 @@ class LatentCache:
                                  compute=compute_and_store, ready=lambda: self.latents.exists(ref))
         if not flight.computed:  # another worker computed it while we waited: the stage skipped its encode
             events.extend([Event(stage, "redis", "waited"), Event(stage, "lookup", "hits")])
-            return Outcome(ref=ref, cached=True, tier="redis", match="exact", waited_s=flight.waited_s)
+            return EncodeOutcome(ref=ref, cached=True, tier="redis", match="exact", waited_s=flight.waited_s)
         latent, stored = flight.value
         events.append(Event(stage, "lookup", "misses"))
         if stored < 0:
@@ -190,16 +190,16 @@ class LatentCache:
                                                                    f"{self.config.max_entry_bytes}-byte limit")
         if stored:
             events.append(Event(stage, "redis", "bytes_stored", stored))
-        return Outcome(ref=ref, cached=False, stored_bytes=stored, waited_s=flight.waited_s, latent=latent,
+        return EncodeOutcome(ref=ref, cached=False, stored_bytes=stored, waited_s=flight.waited_s, latent=latent,
                        note=None if stored else "not cached: Redis refused it")
 
-    def _uncached(self, ref: str, latent: torch.Tensor, *, device: str, note: str) -> Outcome:
+    def _uncached(self, ref: str, latent: torch.Tensor, *, device: str, note: str) -> EncodeOutcome:
         """A latent that is not cached: kept in this worker's hot tier under a reference no lookup
         computes, so that this job's generate (if it runs here) need not encode again."""
         token, _, key = ref.rpartition(":")
         private = make_ref(token, f"{UNCACHED}{secrets.token_hex(4)}-{key}")
         self.hot.put(private, _on(latent, device))
-        return Outcome(ref=private, cached=False, note=note, latent=latent)
+        return EncodeOutcome(ref=private, cached=False, note=note, latent=latent)
 
     def ref_for(self, image: np.ndarray, *, spec: EncoderSpec, scope: Scope) -> str | None:
         """The exact reference a lookup of ``image`` computes now; None when Redis is down."""
@@ -211,7 +211,7 @@ class LatentCache:
     def lock_key(ref: str) -> str:
         """The single-flight lock of a reference."""
         token, _, key = ref.rpartition(":")
-        return key_for(token, "lock", key)
+        return cache_key(token, "lock", key)
 
     def _ref(self, fp: Fingerprint, *, spec: EncoderSpec, scope: Scope, generation: str) -> str:
         key = latent_key_for(spec, pixels=fp.digest, shape=fp.shape, scope=f"{scope.name}@{generation}")

@@ -41,7 +41,6 @@ FALLBACK_DESCRIPTIONS = {
     "task_time_limit": "seconds before a stage's process is killed (keep < visibility_timeout)",
     "visibility_timeout": "Redis broker: seconds before an unacknowledged message is redelivered "
                           "(same value in every process)",
-    "reaper_interval_s": "seconds between reaper passes",
     "max_upload_bytes": "largest upload file",
     "max_side": "longest side of an upload, in pixels",
     "max_pixels": "most pixels in an upload (decompression-bomb guard)",

@@ -13,18 +13,18 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start Redis (if needed), the workers and the web server")
-    up.add_argument("--host", default=os.environ.get("PIXELMILL_HOST", "127.0.0.1"))
-    up.add_argument("--port", type=int, default=int(os.environ.get("PIXELMILL_PORT", "8000")))
+    up.add_argument("--host", help="default: the host setting (PIXELMILL_HOST, 127.0.0.1)")
+    up.add_argument("--port", type=int, help="default: the port setting (PIXELMILL_PORT, 8000)")
     up.add_argument("--cpu-concurrency", type=int, default=2)
-    up.add_argument("--data-dir", type=Path, default=Path(os.environ.get("PIXELMILL_DATA_DIR", "var")))
+    up.add_argument("--data-dir", type=Path, help="default: the data_dir setting (PIXELMILL_DATA_DIR, var)")
 
     worker = sub.add_parser("worker", help="run a Celery worker for some queues")
     worker.add_argument("--queues", default="cpu", help="comma-separated: cpu, gpu, io")
     worker.add_argument("--concurrency", type=int, default=None)
 
     web = sub.add_parser("web", help="run the web server (gunicorn)")
-    web.add_argument("--host", default=os.environ.get("PIXELMILL_HOST", "127.0.0.1"))
-    web.add_argument("--port", type=int, default=int(os.environ.get("PIXELMILL_PORT", "8000")))
+    web.add_argument("--host", help="default: the host setting (PIXELMILL_HOST, 127.0.0.1)")
+    web.add_argument("--port", type=int, help="default: the port setting (PIXELMILL_PORT, 8000)")
 
     redis_cmd = sub.add_parser("redis", help="run an embedded redis-server in the foreground")
     redis_cmd.add_argument("--port", type=int, default=6390)
@@ -76,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     from stack.supervisor import run_stack
+    from tasks.settings import get_settings
 
-    return run_stack(host=args.host, port=args.port, cpu_concurrency=args.cpu_concurrency, data_dir=args.data_dir)
+    s = get_settings()
+    return run_stack(host=args.host or s.host, port=args.port or s.port, cpu_concurrency=args.cpu_concurrency,
+                     data_dir=args.data_dir or s.data_dir)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -94,8 +97,10 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _web(args: argparse.Namespace) -> int:
     from stack.supervisor import web_argv
+    from tasks.settings import get_settings
 
-    argv = web_argv(host=args.host, port=args.port)
+    s = get_settings()
+    argv = web_argv(host=args.host or s.host, port=args.port or s.port)
     os.execv(argv[0], argv)
     return 0  # not reached
 
@@ -103,8 +108,15 @@ def _web(args: argparse.Namespace) -> int:
 def _redis(args: argparse.Namespace) -> int:
     from stack.redis_server import RedisServer
 
+    from stack.lock import FolderInUse, FolderLock
+
     server = RedisServer(data_dir=args.data_dir, port=args.port)
-    args.data_dir.mkdir(parents=True, exist_ok=True)
+    try:  # held by the redis-server itself after exec: the descriptor is inherited
+        lock = FolderLock(args.data_dir).acquire(what="redis-server", redis_url=server.url)
+    except FolderInUse as e:
+        print(f"pixelmill: {e}", file=sys.stderr)
+        return 1
+    os.set_inheritable(lock.fd, True)
     os.execv(server.command()[0], server.command())
     return 0  # not reached
 

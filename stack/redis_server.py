@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stack.lock import FolderLock
+
 
 class RedisServerError(RuntimeError):
     pass
@@ -46,6 +48,7 @@ class RedisServer:
     maxmemory_policy: str = "noeviction"
     maxmemory: str | None = None
     process: subprocess.Popen | None = None
+    lock: FolderLock | None = field(default=None, repr=False)  # its data folder, held while it runs
 
     @property
     def url(self) -> str:
@@ -66,10 +69,18 @@ class RedisServer:
         ]
 
     def start(self, *, timeout_s: float = 10.0) -> "RedisServer":
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        """Start it (again: the same port and data), holding its data folder's lock, which the
+        redis-server inherits: no second Redis of ours ever opens the same append-only file."""
+        self.lock = self.lock or FolderLock(self.data_dir)
+        self.lock.acquire(what="redis-server", redis_url=self.url)
+        self.process = subprocess.Popen(self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        pass_fds=(self.lock.fd,))
         self.wait_ready(timeout_s=timeout_s)
         return self
+
+    def has_exited(self) -> bool:
+        """True once the redis-server is gone (and reaped: no zombie is left behind)."""
+        return self.process is not None and self.process.poll() is not None
 
     def wait_ready(self, *, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -90,16 +101,19 @@ class RedisServer:
         raise RedisServerError(f"redis-server did not answer on port {self.port} within {timeout_s} s")
 
     def stop(self, *, timeout_s: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.lock is not None:
+            self.lock.release()
 
     def kill(self) -> None:
         if self.process and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        if self.lock is not None:
+            self.lock.release()

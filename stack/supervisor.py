@@ -11,13 +11,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from stack.redis_server import RedisServer
+from stack.lock import FolderInUse, FolderLock
+from stack.redis_server import RedisServer, RedisServerError
 
 STOP_GRACE_S = 20.0
 # A threads-pool worker crashes ("Unrecoverable error") when Celery cancels its running tasks
 # on a broker connection loss; webhook deliveries and stages are idempotent, so let them finish.
 THREADS_WORKER_ENV = {"PIXELMILL_CANCEL_TASKS_ON_CONNECTION_LOSS": "0"}
-IO_WORKER_ENV = THREADS_WORKER_ENV
 
 
 @dataclass(frozen=True)
@@ -101,11 +101,17 @@ def stack_specs(*, host: str, port: int, cpu_concurrency: int, env: dict[str, st
 
 
 def run_stack(*, host: str, port: int, cpu_concurrency: int, data_dir: Path) -> int:
+    try:  # one stack per data folder: its blobs and its Redis' append-only file
+        folder_lock = FolderLock(data_dir).acquire(what="pixelmill up", url=f"http://{host}:{port}/")
+    except FolderInUse as e:
+        print(f"pixelmill: {e}", file=sys.stderr, flush=True)
+        return 1
     env = dict(os.environ)
     redis_server = None
     if not env.get("PIXELMILL_REDIS_URL"):
         redis_server = RedisServer(data_dir=data_dir / "redis").start()
         env["PIXELMILL_REDIS_URL"] = redis_server.url
+        folder_lock.update(redis_url=redis_server.url)
         print(f"pixelmill: started Redis at {redis_server.url} (data in {redis_server.data_dir})", flush=True)
     env.setdefault("PIXELMILL_DATA_DIR", str(data_dir.resolve()))
 
@@ -123,21 +129,39 @@ def run_stack(*, host: str, port: int, cpu_concurrency: int, data_dir: Path) -> 
             # Each child gets its own process group so Ctrl-C reaches us once, and we stop them in order.
             children.append((spec, subprocess.Popen(spec.argv, env=spec.env, start_new_session=True)))
         print(f"pixelmill: serving on http://{host}:{port}/  (Ctrl-C stops everything)", flush=True)
-        return supervise(children, should_stop=lambda: stopping)
+        return supervise(children, should_stop=lambda: stopping, redis_server=redis_server,
+                         redis_url=env["PIXELMILL_REDIS_URL"])
     finally:
         print("pixelmill: stopping…", flush=True)
         stop_all([proc for _, proc in children])  # the current processes, restarted ones included
         if redis_server:
             redis_server.stop()
+        folder_lock.release()
         print("pixelmill: stopped", flush=True)
 
 
-def supervise(children: list[tuple[ProcessSpec, subprocess.Popen]], *, should_stop, max_restarts: int = 5,
-              window_s: float = 60.0) -> int:
+def supervise(children: list[tuple[ProcessSpec, subprocess.Popen]], *, should_stop,
+              redis_server: RedisServer | None = None, redis_url: str | None = None,
+              max_restarts: int = 5, window_s: float = 60.0) -> int:
     """Restart a child that exits (a worker can die on a broker reconnect, a kombu bug with the
-    threads pool), as a process manager would; give up, and stop the stack, if one keeps dying."""
+    threads pool), as a process manager would; give up, and stop the stack, if one keeps dying.
+    The embedded Redis is restarted too, on the same port and data, with backoff, never given up
+    on: the stack cannot work without it. Every restart is counted where /healthz and the
+    dashboard show it (tasks.heartbeat.record_restart)."""
     restarts: dict[str, list[float]] = {}
+    redis_backoff = RedisBackoff()
     while not should_stop():
+        if redis_server is not None and redis_server.has_exited() and redis_backoff.is_due():
+            code = redis_server.process.returncode
+            try:
+                redis_server.start()
+            except RedisServerError as e:
+                print(f"pixelmill: Redis exited ({code}) and did not start again: {e}; "
+                      f"next try in {redis_backoff.failed():.0f} s", flush=True)
+            else:
+                redis_backoff.started()
+                print(f"pixelmill: Redis exited with {code}; restarted it at {redis_server.url}", flush=True)
+                _count_restart(redis_url, "redis")
         for i, (spec, proc) in enumerate(children):
             if proc.poll() is None:
                 continue
@@ -148,8 +172,41 @@ def supervise(children: list[tuple[ProcessSpec, subprocess.Popen]], *, should_st
             print(f"pixelmill: {spec.name} exited with {proc.returncode}; restarting it", flush=True)
             restarts[spec.name] = [*recent, time.monotonic()]
             children[i] = (spec, subprocess.Popen(spec.argv, env=spec.env, start_new_session=True))
+            _count_restart(redis_url, spec.name)
         time.sleep(0.5)
     return 0
+
+
+@dataclass
+class RedisBackoff:
+    """0.5 s, 1 s, 2 s … at most 10 s between tries to start Redis again."""
+
+    delay_s: float = 0.0
+    next_at: float = 0.0
+
+    def is_due(self) -> bool:
+        return time.monotonic() >= self.next_at
+
+    def failed(self) -> float:
+        self.delay_s = min(10.0, max(0.5, self.delay_s * 2))
+        self.next_at = time.monotonic() + self.delay_s
+        return self.delay_s
+
+    def started(self) -> None:
+        self.delay_s, self.next_at = 0.0, 0.0
+
+
+def _count_restart(redis_url: str | None, name: str) -> None:
+    if redis_url:
+        import redis
+
+        from tasks.heartbeat import record_restart
+
+        client = redis.Redis.from_url(redis_url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            record_restart(client, name)
+        finally:
+            client.close()
 
 
 def stop_all(processes: list[subprocess.Popen]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from celery import Celery
 from celery.signals import celeryd_init, worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
 from kombu import Queue
@@ -75,12 +77,14 @@ def modules_for(queues: list[str] | None) -> list[str]:
 
 
 @celeryd_init.connect
-def _choose_modules(sender=None, conf=None, options=None, **_: object) -> None:
-    """Before the worker imports its task modules: only those its queues need."""
+def _import_stages(sender=None, conf=None, options=None, **_: object) -> None:
+    """When a worker starts (before its pool): import the stage tasks if its queues need them.
+    The app includes only the io tasks, so an io-only worker never loads an engine."""
     queues = (options or {}).get("queues")
     if isinstance(queues, str):
         queues = [q.strip() for q in queues.split(",") if q.strip()]
-    conf.include = modules_for(list(queues) if queues else None)
+    for module in modules_for(list(queues) if queues else None):
+        importlib.import_module(module)
 
 
 @worker_init.connect

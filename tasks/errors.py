@@ -23,10 +23,3 @@ class JobNotFound(PixelmillError):
 class InvalidTransition(PixelmillError):
     code = "invalid_transition"
     status = 409
-
-
-class StageFailed(PixelmillError):
-    """A stage could not produce its output; the job fails with this message."""
-
-    code = "stage_failed"
-    status = 500

@@ -38,13 +38,13 @@ _TERMINAL_EVENT = {
     JobStatus.CANCELED: "job.canceled",
 }
 
-def key_for(kind: str, *parts: str) -> str:
+def event_key(kind: str, *parts: str) -> str:
     """Every Redis key of the event outbox: ``pixelmill:events:<kind>:<parts…>``."""
     return ":".join((PREFIX, "events", kind, *parts))
 
 
-OUTBOX = key_for("outbox")
-PROCESSING = key_for("processing")
+OUTBOX = event_key("outbox")
+PROCESSING = event_key("processing")
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def stage_events(writes: Writes, job: Job, events: list[JobEvent], *, batch_size
         for event in events:
             writes.rpush(OUTBOX, event.around_snapshot())
     if job.batch_id and batch_size and job.status.is_terminal() and events:
-        writes.batch_done = (key_for("batch-done", job.batch_id), job.id, batch_size, ttl_s)
+        writes.batch_done = (event_key("batch-done", job.batch_id), job.id, batch_size, ttl_s)
         batch_event = JobEvent.create(type="batch.completed", tenant=job.tenant, subject=job.batch_id,
                                       batch_id=job.batch_id)
         with writes.when(COMPLETES_BATCH):

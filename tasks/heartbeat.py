@@ -1,5 +1,6 @@
-"""Worker heartbeats: every worker process that runs stages says, every few seconds, what it
-serves and what it holds (model, dtype, device, memory), in a Redis key with a short TTL.
+"""Worker heartbeats: every worker process says, every few seconds, what it serves and what it
+holds (model, dtype, device, memory, the stages it is running), in a Redis key with a short TTL,
+and renews the leases of those stages (tasks.leases).
 
 A process that dies stops refreshing its key and drops out of ``fetch_workers`` within
 ``TTL_S``. The dashboard, ``/api/v1/stats`` and ``/metrics`` read these keys.
@@ -18,7 +19,8 @@ from typing import Any
 
 import redis
 
-from tasks.store import key_for
+from tasks import leases
+from tasks.store import store_key
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +43,8 @@ class WorkerInfo:
     batching: dict[str, int] | None = None
     started_at: float = 0.0
     seen_at: float = 0.0
+    incarnation: str = ""  # new at every process start (a restarted worker may reuse hostname and pid)
+    running: list[list[str]] = field(default_factory=list)  # [job id, stage] of each stage in flight
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> WorkerInfo:
@@ -49,12 +53,12 @@ class WorkerInfo:
 
 
 def worker_key(hostname: str, pid: int) -> str:
-    return key_for("worker", f"{hostname}:{pid}")
+    return store_key("worker", f"{hostname}:{pid}")
 
 
 def fetch_workers(client: redis.Redis) -> list[WorkerInfo]:
     """The worker processes seen in the last ``TTL_S`` seconds, by hostname then pid."""
-    keys = list(client.scan_iter(match=key_for("worker", "*"), count=500))
+    keys = list(client.scan_iter(match=store_key("worker", "*"), count=500))
     infos = [WorkerInfo.from_json(raw) for raw in client.mget(keys) if raw is not None] if keys else []
     return sorted(infos, key=lambda w: (w.hostname, w.pid))
 
@@ -82,8 +86,9 @@ class Heartbeat:
     """A daemon thread that publishes ``describe()`` every ``INTERVAL_S`` seconds."""
 
     def __init__(self, client: redis.Redis, describe: Callable[[], dict[str, Any]], *,
-                 hostname: str, interval_s: float = INTERVAL_S, ttl_s: int = TTL_S) -> None:
+                 hostname: str, lease_ttl_s: int, interval_s: float = INTERVAL_S, ttl_s: int = TTL_S) -> None:
         self.client = client
+        self.lease_ttl_s = lease_ttl_s
         self.describe = describe
         self.hostname = hostname
         self.pid = os.getpid()
@@ -108,9 +113,12 @@ class Heartbeat:
     def beat(self) -> None:
         """Publish now (also called on a state change, so the dashboard sees it at once)."""
         fields = self.describe()
-        info = WorkerInfo(hostname=self.hostname, pid=self.pid, started_at=self.started_at, seen_at=time.time(),
-                          memory=memory_in_use(fields.get("device")), **fields)
         try:
+            running = leases.renew(self.client, ttl_s=self.lease_ttl_s)
+            info = WorkerInfo(hostname=self.hostname, pid=self.pid, started_at=self.started_at, seen_at=time.time(),
+                              memory=memory_in_use(fields.get("device")),
+                              incarnation=leases.current_holder().incarnation,
+                              running=[list(item) for item in running], **fields)
             self.client.set(worker_key(self.hostname, self.pid), json.dumps(asdict(info)), ex=self.ttl_s)
         except redis.RedisError as e:  # Redis away: the next beat tries again
             log.debug("heartbeat not sent: %s", e)
@@ -118,3 +126,22 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
             self.beat()
+
+
+def record_restart(client: redis.Redis, name: str) -> None:
+    """Count a restart of a stack process (the supervisor's), for /healthz and the dashboard.
+    Best effort: a Redis that is still coming back is not worth failing a restart over."""
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.hincrby(store_key("restarts"), name, 1)
+            pipe.hset(store_key("restarts"), f"{name}:at", time.time())
+            pipe.execute()
+    except redis.RedisError as e:
+        log.warning("could not record the restart of %s: %s", name, e)
+
+
+def fetch_restarts(client: redis.Redis) -> dict[str, dict[str, float]]:
+    """{process name: {"count": n, "last_at": epoch seconds}} of every restart counted."""
+    raw = {k.decode(): float(v) for k, v in client.hgetall(store_key("restarts")).items()}
+    return {name: {"count": int(count), "last_at": raw.get(f"{name}:at", 0.0)}
+            for name, count in raw.items() if not name.endswith(":at")}

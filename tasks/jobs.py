@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.settings import STAGES
+from workers.schedule import no_denoising_reason
 
 
 class JobStatus(str, Enum):
@@ -81,11 +82,9 @@ class JobParams(BaseModel):
 
     @model_validator(mode="after")
     def _enough_steps(self) -> "JobParams":
-        if self.engine == "diffusion" and int(self.steps * self.strength) < 1:
-            raise ValueError(
-                f"steps × strength = {self.steps} × {self.strength} runs no denoising step; "
-                "raise steps or strength"
-            )
+        reason = no_denoising_reason(self.steps, self.strength) if self.engine == "diffusion" else None
+        if reason:
+            raise ValueError(reason)
         return self
 
 
@@ -101,6 +100,12 @@ class StageRecord:
     queue: str | None = None
     worker: str | None = None
     device_s: float | None = None  # the worker-process time it used (its share, when batched): what it costs
+    requeued_at: float | None = None  # the reaper enqueued it again (its holder was gone)
+
+    def is_in_flight(self) -> bool:
+        """Started, not done, and not waiting for a message the reaper sent since."""
+        return (self.started_at is not None and not self.done
+                and (self.requeued_at is None or self.started_at > self.requeued_at))
 
 
 @dataclass

@@ -69,7 +69,8 @@ def start_process() -> None:
         return
     hostname = _context.hostname if _context else "unknown"
     if not _runs_stages():
-        _heartbeat = Heartbeat(get_services().redis, describe, hostname=hostname).start()
+        _heartbeat = Heartbeat(get_services().redis, describe, hostname=hostname,
+                               lease_ttl_s=get_services().settings.stage_lease_s).start()
         _state = "ready"
         return
     from tasks.worker_runtime import get_worker_runtime
@@ -79,7 +80,7 @@ def start_process() -> None:
         import torch
 
         torch.set_num_threads(rt.settings.torch_threads)
-    _heartbeat = Heartbeat(rt.redis, describe, hostname=hostname).start()
+    _heartbeat = Heartbeat(rt.redis, describe, hostname=hostname, lease_ttl_s=rt.settings.stage_lease_s).start()
     try:
         rt.warm_up(batching=bool(_context and _context.batches_generate))
     finally:

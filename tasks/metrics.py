@@ -39,7 +39,7 @@ MINUTE_TTL_S = 2 * 3600 + 120
 WINDOW_MINUTES = 60
 
 
-def key_for(kind: str, *parts: str) -> str:
+def metrics_key(kind: str, *parts: str) -> str:
     """Every Redis key of the metrics: ``pixelmill:metrics:<kind>:<parts…>``."""
     return ":".join((PREFIX, kind, *parts))
 
@@ -49,7 +49,7 @@ def minute_of(t: float) -> int:
 
 
 def _minute_key(minute: int) -> str:
-    return key_for("minute", str(minute))
+    return metrics_key("minute", str(minute))
 
 
 # --- histogram math -----------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def stage_metrics(pipe: redis.client.Pipeline | Writes, *, stage: str, queue: st
         q = queue or UNKNOWN_QUEUE
         usd = stage_cost_usd(device_s, queue, prices)
         minute = _minute_key(minute_of(time.time() if now is None else now))
-        for key in (key_for("totals"), minute):
+        for key in (metrics_key("totals"), minute):
             pipe.hincrby(key, f"lat:{stage}:{q}:{bucket_index(seconds)}", 1)
             pipe.hincrbyfloat(key, f"lat_sum:{stage}:{q}", round(seconds, 6))
             pipe.hincrbyfloat(key, f"dev:{stage}:{q}", round(device_s, 6))
@@ -198,8 +198,8 @@ def count_created(pipe: redis.client.Pipeline, jobs: Iterable[Job]) -> None:
     try:
         jobs = list(jobs)
         for job in jobs:
-            pipe.hset(key_for("active"), job.id, _active_value(job))
-        pipe.hincrby(key_for("totals"), "created", len(jobs))
+            pipe.hset(metrics_key("active"), job.id, _active_value(job))
+        pipe.hincrby(metrics_key("totals"), "created", len(jobs))
     except Exception as e:  # noqa: BLE001
         log.warning("metrics: could not count new jobs: %s", e)
 
@@ -211,12 +211,12 @@ def count_transition(pipe: Writes, before: JobStatus, job: Job, *, now: float | 
         return
     try:
         if not job.status.is_terminal():
-            pipe.hset(key_for("active"), job.id, _active_value(job))
+            pipe.hset(metrics_key("active"), job.id, _active_value(job))
             return
-        pipe.hdel(key_for("active"), job.id)
+        pipe.hdel(metrics_key("active"), job.id)
         minute = _minute_key(minute_of(time.time() if now is None else now))
         queues = sorted({r.queue for r in job.stages.values() if r.done and r.queue})
-        for key in (key_for("totals"), minute):
+        for key in (metrics_key("totals"), minute):
             pipe.hincrby(key, f"jobs:{job.status.value}", 1)
             if job.status is JobStatus.SUCCEEDED:
                 for queue in queues:
@@ -231,7 +231,7 @@ def record_webhook(client: redis.Redis, outcome: str, *, now: float | None = Non
     try:
         minute = _minute_key(minute_of(time.time() if now is None else now))
         with client.pipeline(transaction=False) as pipe:
-            pipe.hincrby(key_for("totals"), f"webhook:{outcome}", 1)
+            pipe.hincrby(metrics_key("totals"), f"webhook:{outcome}", 1)
             pipe.hincrby(minute, f"webhook:{outcome}", 1)
             pipe.expire(minute, MINUTE_TTL_S)
             pipe.execute()
@@ -246,7 +246,7 @@ def _active_value(job: Job) -> str:
 # --- reads ------------------------------------------------------------------------------------------
 
 def fetch_totals(client: redis.Redis) -> Aggregate:
-    return Aggregate.parse(client.hgetall(key_for("totals")))
+    return Aggregate.parse(client.hgetall(metrics_key("totals")))
 
 
 def fetch_minutes(client: redis.Redis, *, minutes: int = WINDOW_MINUTES,
@@ -266,7 +266,7 @@ def fetch_active(client: redis.Redis, *, max_age_s: float, now: float | None = N
     expired without ever finishing) is not counted."""
     cutoff = (time.time() if now is None else now) - max_age_s
     counts: dict[str, int] = {s.value: 0 for s in JobStatus if not s.is_terminal()}
-    for value in client.hvals(key_for("active")):
+    for value in client.hvals(metrics_key("active")):
         state, _, updated = value.decode().partition("|")
         if state in counts and (not updated.isdigit() or int(updated) >= cutoff):
             counts[state] += 1

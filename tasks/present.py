@@ -1,46 +1,178 @@
-"""The public shape of jobs and batches: what the API returns and webhooks carry (links, never bytes)."""
+"""The public shape of jobs and batches: what the API answers and webhooks carry (links, never bytes).
+
+Each shape is a pydantic model, written once: ``job_view`` and ``batch_view`` build them, the
+handlers answer with them and the OpenAPI document (web/openapi.py) publishes them. Every model
+forbids unknown fields, so a payload cannot gain one that its description lacks.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
 from tasks.cost import job_cost, per_image, total_cost
-from tasks.jobs import Batch, Job, JobStatus
+from tasks.jobs import Batch as BatchRecord
+from tasks.jobs import Job as JobRecord
+from tasks.jobs import JobParams, JobStatus
 from tasks.settings import STAGES, get_settings
 
+Timestamp = float  # seconds since the epoch (UTC)
 
-def job_payload(job: Job, *, progress: dict[str, Any] | None = None, base_url: str = "",
-                prices: Mapping[str, float] | None = None) -> dict[str, Any]:
+
+class View(BaseModel):
+    """An answer's shape: exactly these fields. One with a default (None) is left out while None.
+    Its published schema is open (no ``additionalProperties``): clients ignore fields added later."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=lambda schema: schema.pop("additionalProperties", None))
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for name, field in type(self).model_fields.items():
+            if not field.is_required() and data.get(name, 0) is None:
+                del data[name]
+        return data
+
+
+class JobLinks(View):
+    self: str = Field(description="this job in the API")
+    page: str = Field(description="the job's page in the web UI")
+    input: str = Field(description="the normalised input image (PNG)")
+    result: str | None = Field(None, description="the result image (PNG); only once the job succeeded")
+    cancel: str | None = Field(None, description="POST here to cancel; only while the job runs")
+    batch: str | None = Field(None, description="the batch this job belongs to, if any")
+
+
+class Progress(View):
+    """Steps of the running stage (diffusion reports one per denoising step)."""
+
+    stage: str
+    step: int
+    steps: int
+    at: int = Field(description="when it was reported, seconds since the epoch")
+
+
+class Stage(View):
+    state: Literal["pending", "running", "done", "stopped"]
+    cached: bool = Field(description="whether the latent cache served this stage")
+    cache: dict[str, Any] | None = Field(description="how the cache served it (tier, match, …)")
+    cache_label: str | None = Field(description="the same in words")
+    seconds: float | None
+    device_s: float | None = Field(description="worker-process time it used (its share, when batched): "
+                                               "what it is priced by")
+    attempts: int
+    queue: str | None = Field(description="the Celery queue it ran on")
+    worker: str | None = Field(description="the worker that ran it")
+
+
+class Stages(View):
+    encode: Stage
+    generate: Stage
+    enhance: Stage
+    audit: Stage
+
+
+class AuditPolicyOut(View):
+    threshold: float
+    action: str
+
+
+class Audit(View):
+    """The output audit: NSFW classifier and quality checks under the tenant's policy."""
+
+    verdict: Literal["pass", "flag", "block"]
+    action: str | None
+    scores: dict[str, float]
+    model: str
+    policy: AuditPolicyOut
+    checks: dict[str, float | bool]
+    reasons: list[str]
+
+
+class JobError(View):
+    code: str
+    message: str
+
+
+class Cost(View):
+    """What the work cost so far: worker-process seconds per queue, priced per hour (PIXELMILL_PRICE_PER_HOUR)."""
+
+    usd: float
+    device_seconds: dict[str, float] = Field(description="by queue")
+
+
+class BatchCost(Cost):
+    images: int = Field(description="the batch's succeeded jobs")
+    per_image_usd: float | None = Field(description="spend ÷ succeeded images; null before the first")
+
+
+class Job(View):
+    """A job as the API (and the webhooks) show it: links to images, never bytes."""
+
+    id: str
+    batch_id: str | None
+    status: JobStatus
+    stage: str | None = Field(description="the stage running or next; null once the job ended")
+    progress: Progress | None
+    params: JobParams = Field(description="the parameters it runs with (the seed is always recorded)")
+    input_name: str = Field(description="the uploaded file's name")
+    created_at: Timestamp
+    updated_at: Timestamp
+    finished_at: Timestamp | None
+    expires_at: Timestamp | None = Field(description="when it is canceled if still unfinished")
+    stages: Stages
+    audit: Audit | None
+    error: JobError | None = Field(description="why it failed (or was canceled)")
+    cost: Cost
+    links: JobLinks
+
+
+class BatchLinks(View):
+    self: str
+    page: str
+
+
+class Batch(View):
+    id: str
+    created_at: Timestamp
+    status: Literal["running", "done"]
+    total: int
+    done: int = Field(description="jobs that ended, whatever the outcome")
+    counts: dict[str, int] = Field(description="jobs per status")
+    jobs: list[Job]
+    cost: BatchCost
+    links: BatchLinks
+
+
+J = TypeVar("J", bound=Job)
+B = TypeVar("B", bound=Batch)
+
+
+def job_view(job: JobRecord, *, progress: dict[str, Any] | None = None, base_url: str = "",
+             prices: Mapping[str, float] | None = None, model: type[J] = Job, **extra: Any) -> J:
+    """The job as ``model`` shows it (``Job``, or a kind of it with ``extra`` fields)."""
     api = f"{base_url}/api/v1/jobs/{job.id}"
-    links = {"self": api, "page": f"{base_url}/jobs/{job.id}", "input": f"{api}/input"}
-    if job.status is JobStatus.SUCCEEDED:
-        links["result"] = f"{api}/result"
-    if not job.status.is_terminal():
-        links["cancel"] = f"{api}/cancel"
-    if job.batch_id:
-        links["batch"] = f"{base_url}/api/v1/batches/{job.batch_id}"
-    return {
-        "id": job.id,
-        "batch_id": job.batch_id,
-        "status": job.status.value,
-        "stage": current_stage(job),
-        "progress": progress or None,
-        "params": job.params,
-        "input_name": job.input_name,
-        "created_at": job.created_at,
-        "updated_at": job.updated_at,
-        "finished_at": job.finished_at,
-        "expires_at": job.expires_at,
-        "stages": {name: _stage_payload(job, name) for name in STAGES},
-        "audit": job.audit,
-        "error": job.error,
-        "cost": job_cost(job, _prices(prices)).to_dict(),  # tasks.cost: device-seconds priced per queue
-        "links": links,
-    }
+    links = JobLinks(self=api, page=f"{base_url}/jobs/{job.id}", input=f"{api}/input",
+                     result=f"{api}/result" if job.status is JobStatus.SUCCEEDED else None,
+                     cancel=None if job.status.is_terminal() else f"{api}/cancel",
+                     batch=f"{base_url}/api/v1/batches/{job.batch_id}" if job.batch_id else None)
+    return model(
+        id=job.id, batch_id=job.batch_id, status=job.status, stage=current_stage(job), progress=progress or None,
+        params=job.params, input_name=job.input_name, created_at=job.created_at, updated_at=job.updated_at,
+        finished_at=job.finished_at, expires_at=job.expires_at,
+        stages={name: _stage_view(job, name) for name in STAGES}, audit=job.audit, error=job.error,
+        cost=Cost(**job_cost(job, _prices(prices)).to_dict()),  # tasks.cost: device-seconds priced per queue
+        links=links, **extra)
 
 
-def current_stage(job: Job) -> str | None:
+def job_payload(job: JobRecord, **options: Any) -> dict[str, Any]:
+    """``job_view`` as JSON-ready data: for the pages, the event streams and webhook payloads."""
+    return job_view(job, **options).model_dump(mode="json")
+
+
+def current_stage(job: JobRecord) -> str | None:
     if job.status.is_terminal():
         return None
     for name in STAGES:
@@ -49,7 +181,7 @@ def current_stage(job: Job) -> str | None:
     return None
 
 
-def _stage_payload(job: Job, name: str) -> dict[str, Any]:
+def _stage_view(job: JobRecord, name: str) -> Stage:
     record = job.stages[name]
     if record.done:
         state = "done"
@@ -59,17 +191,9 @@ def _stage_payload(job: Job, name: str) -> dict[str, Any]:
         state = "stopped"
     else:
         state = "pending"
-    return {
-        "state": state,
-        "cached": record.cached,
-        "cache": record.cache,
-        "cache_label": cache_label(record.cached, record.cache),
-        "seconds": record.seconds,
-        "device_s": record.device_s,
-        "attempts": record.attempts,
-        "queue": record.queue,
-        "worker": record.worker,
-    }
+    return Stage(state=state, cached=record.cached, cache=record.cache,
+                 cache_label=cache_label(record.cached, record.cache), seconds=record.seconds,
+                 device_s=record.device_s, attempts=record.attempts, queue=record.queue, worker=record.worker)
 
 
 def cache_label(cached: bool, cache: dict[str, Any] | None) -> str | None:
@@ -90,30 +214,32 @@ def cache_label(cached: bool, cache: dict[str, Any] | None) -> str | None:
     return None
 
 
-def batch_payload(batch: Batch, jobs: list[Job], *, base_url: str = "") -> dict[str, Any]:
+def batch_view(batch: BatchRecord, jobs: list[JobRecord], *, base_url: str = "", model: type[B] = Batch,
+               **extra: Any) -> B:
+    """The batch and its jobs as ``model`` shows them (``Batch``, or a kind of it with ``extra`` fields)."""
     counts: dict[str, int] = {}
     for job in jobs:
         counts[job.status.value] = counts.get(job.status.value, 0) + 1
     done = sum(1 for job in jobs if job.status.is_terminal())
-    return {
-        "id": batch.id,
-        "created_at": batch.created_at,
-        "status": "done" if done == len(jobs) else "running",
-        "total": len(jobs),
-        "done": done,
-        "counts": counts,
-        "jobs": [job_payload(job, base_url=base_url) for job in jobs],
-        "cost": _batch_cost(jobs),
-        "links": {"self": f"{base_url}/api/v1/batches/{batch.id}", "page": f"{base_url}/batches/{batch.id}"},
-    }
+    return model(
+        id=batch.id, created_at=batch.created_at, status="done" if done == len(jobs) else "running",
+        total=len(jobs), done=done, counts=counts, jobs=[job_view(job, base_url=base_url) for job in jobs],
+        cost=_batch_cost(jobs),
+        links=BatchLinks(self=f"{base_url}/api/v1/batches/{batch.id}", page=f"{base_url}/batches/{batch.id}"),
+        **extra)
+
+
+def batch_payload(batch: BatchRecord, jobs: list[JobRecord], *, base_url: str = "") -> dict[str, Any]:
+    """``batch_view`` as JSON-ready data: for the pages, the event streams and webhook payloads."""
+    return batch_view(batch, jobs, base_url=base_url).model_dump(mode="json")
 
 
 def _prices(prices: Mapping[str, float] | None) -> Mapping[str, float]:
     return get_settings().price_per_hour if prices is None else prices
 
 
-def _batch_cost(jobs: list[Job]) -> dict[str, Any]:
+def _batch_cost(jobs: list[JobRecord]) -> BatchCost:
     """The batch's spend so far, and per delivered image (spend ÷ succeeded jobs)."""
     total = total_cost(job_cost(job, _prices(None)) for job in jobs)
     images = sum(1 for job in jobs if job.status is JobStatus.SUCCEEDED)
-    return total.to_dict() | {"images": images, "per_image_usd": per_image(total.usd, images)}
+    return BatchCost(**total.to_dict(), images=images, per_image_usd=per_image(total.usd, images))

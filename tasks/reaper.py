@@ -1,10 +1,15 @@
 """The reaper: finds jobs that stopped moving and deals with them.
 
 - A job past its deadline (``expires_at``) is failed as ``expired``.
+- A job whose stage is in flight but held by no live worker (its lease, renewed by the
+  worker's heartbeat, lapsed after ``stage_lease_s``, or its holder is a process of this machine
+  that no longer exists) is enqueued again from that stage: a killed worker's jobs come back in
+  seconds, with the default settings (tasks.leases). Stages are idempotent: a re-run finds the
+  done markers; a stage started ``max_stage_attempts`` times fails as poison.
 - A job whose running stage has shown no heartbeat (its start or a progress step) for
-  ``stage_deadline_s`` is stuck: its chain is enqueued again from that stage (stages are
-  idempotent: a re-run finds the done markers), or, once the stage has used up
-  ``max_stage_attempts``, the job is failed.
+  ``stage_deadline_s`` is stuck — the last resort, for a worker alive but hung: its chain is
+  enqueued again from that stage, or, once the stage has used up ``max_stage_attempts``, the job
+  is failed.
 - A job that waited for its next stage across a restart of the Redis broker is enqueued again
   from that stage at once. kombu's Redis transport takes a message off the queue (BRPOP) and
   then records it as unacknowledged in a second call: a restart between the two loses the
@@ -22,12 +27,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from tasks import leases
 from tasks.errors import InvalidTransition, JobNotFound
 from tasks.jobs import Job, JobStatus
 from tasks.pipeline import enqueue_from
 from tasks.present import current_stage
 from tasks.services import Services
-from tasks.store import key_for
+from tasks.store import store_key
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +74,19 @@ def _reap_job(rt: Services, job: Job, *, now: float, broker_since: float | None,
     if stage is None:
         return
     record = job.stages[stage]
-    if record.started_at is None and broker_since is not None and job.updated_at < broker_since:
+    if not record.is_in_flight() and broker_since is not None and job.updated_at < broker_since:
         log.warning("job %s waited for its %s stage across a broker restart; enqueuing it again", job.id, stage)
         _requeue(rt, job, stage, report)
         return
     if job.status is JobStatus.QUEUED:
         return  # waiting in a queue is not being stuck
+    if record.is_in_flight():
+        holder = leases.fetch_holder(rt.redis, job.id, stage)
+        if holder is None or holder.is_gone():
+            who = "its lease lapsed" if holder is None else f"its worker (pid {holder.pid}) is gone"
+            log.warning("job %s: %s is held by no live worker (%s); enqueuing it again", job.id, stage, who)
+            _requeue(rt, job, stage, report)
+            return
     heartbeat = max(record.started_at or 0, rt.store.fetch_progress(job.id).get("at", 0), job.updated_at)
     if now - heartbeat < rt.settings.stage_deadline_s:
         return
@@ -87,13 +100,13 @@ def _reap_job(rt: Services, job: Job, *, now: float, broker_since: float | None,
 
 
 def _requeue(rt: Services, job: Job, stage: str, report: ReapReport) -> None:
-    rt.store.touch(job.id)  # first: a later pass sees a change after the restart, and no deadline passed
+    rt.store.touch(job.id, requeued=stage)  # first: a later pass sees a change, and waits for this message
     enqueue_from(job, stage, rt.settings)
     report.requeued.append(job.id)
 
 
 def _unfinished_jobs(rt: Services):
-    for active_key in rt.redis.scan_iter(match=key_for("active", "*"), count=100):
+    for active_key in rt.redis.scan_iter(match=store_key("active", "*"), count=100):
         for job_id in rt.redis.smembers(active_key):
             try:
                 yield rt.store.fetch(job_id.decode())

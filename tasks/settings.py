@@ -85,7 +85,9 @@ class Settings(BaseSettings):
     max_stage_attempts: int = Field(4, description="deliveries of one stage before the job is failed as poison")
     stage_deadline_s: int = Field(2100, description="a running stage with no heartbeat this long is stuck (reaper)")
     default_job_deadline_s: int | None = Field(None, description="jobs expire this long after submission (None: never)")
-    reaper_interval_s: int = 30
+    stage_lease_s: int = Field(30, ge=10, description="a running stage whose worker has not renewed its lease this "
+                                                      "long is enqueued again (the worker is gone); renewed every 5 s")
+    reaper_interval_s: int = Field(10, gt=0, description="seconds between reaper passes")
 
     # --- limits -------------------------------------------------------------------------
     max_upload_bytes: int = 25 * 1024 * 1024

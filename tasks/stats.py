@@ -14,7 +14,7 @@ import redis
 from celery import Celery
 
 from tasks.cost import per_image
-from tasks.heartbeat import WorkerInfo, fetch_workers
+from tasks.heartbeat import WorkerInfo, fetch_restarts, fetch_workers
 from tasks.metrics import WINDOW_MINUTES, Aggregate, Histogram, fetch_active, fetch_minutes, fetch_totals, window
 from tasks.queues import fetch_queue_depths
 from tasks.services import Services
@@ -33,10 +33,11 @@ def fetch_stats(rt: Services, *, celery: Celery, now: float | None = None) -> di
         totals = fetch_totals(rt.redis)
         active = fetch_active(rt.redis, max_age_s=rt.settings.job_ttl_s, now=now)
         workers = fetch_workers(rt.redis)
+        restarts = fetch_restarts(rt.redis)
         available = True
     except redis.RedisError as e:
         log.warning("stats: Redis unavailable: %s", e)
-        minutes, totals, active, workers, available = [], Aggregate(), {}, [], False
+        minutes, totals, active, workers, restarts, available = [], Aggregate(), {}, [], {}, False
     hour = window(minutes)
     queues = sorted({*QUEUES, *prices, *(q for w in workers for q in w.queues)})
     depths = fetch_queue_depths(celery, queues)
@@ -63,6 +64,7 @@ def fetch_stats(rt: Services, *, celery: Celery, now: float | None = None) -> di
         "cache": _cache(rt),
         "webhooks": {"last_hour": hour.webhooks, "total": totals.webhooks},
         "workers": [_worker(w, now=now) for w in workers],
+        "restarts": restarts,
         "series": _series(minutes),
     }
 

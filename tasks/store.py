@@ -27,7 +27,7 @@ PREFIX = "pixelmill"
 KNOWN_MAX = 1024  # records this process last wrote, kept to try the next transition on without a read
 
 
-def key_for(kind: str, *parts: str) -> str:
+def store_key(kind: str, *parts: str) -> str:
     """Every Redis key of the job store: ``pixelmill:<kind>:<parts…>``."""
     return ":".join((PREFIX, kind, *parts))
 
@@ -44,25 +44,25 @@ class JobStore:
 
     # --- reads ----------------------------------------------------------------------------
     def fetch(self, job_id: str) -> Job:
-        raw = self.redis.get(key_for("job", job_id))
+        raw = self.redis.get(store_key("job", job_id))
         if raw is None:
             raise JobNotFound(f"no job with id {job_id!r}")
         return Job.from_dict(orjson.loads(raw))
 
     def fetch_progress(self, job_id: str) -> dict[str, Any]:
-        raw = self.redis.hgetall(key_for("progress", job_id))
+        raw = self.redis.hgetall(store_key("progress", job_id))
         return {k.decode(): (v.decode() if k == b"stage" else int(v)) for k, v in raw.items()}
 
     def fetch_batch(self, batch_id: str) -> Batch:
-        raw = self.redis.get(key_for("batch", batch_id))
+        raw = self.redis.get(store_key("batch", batch_id))
         if raw is None:
             raise JobNotFound(f"no batch with id {batch_id!r}")
         return Batch(**json.loads(raw))
 
     def recent(self, tenant: str, *, limit: int = 50) -> list[Job]:
-        ids = self.redis.zrevrange(key_for("recent", tenant), 0, limit - 1)
+        ids = self.redis.zrevrange(store_key("recent", tenant), 0, limit - 1)
         jobs = []
-        for raw in self.redis.mget([key_for("job", i.decode()) for i in ids]) if ids else []:
+        for raw in self.redis.mget([store_key("job", i.decode()) for i in ids]) if ids else []:
             if raw is not None:
                 jobs.append(Job.from_dict(orjson.loads(raw)))
         return jobs
@@ -70,10 +70,10 @@ class JobStore:
     # --- writes ---------------------------------------------------------------------------
     def create(self, job: Job) -> Job:
         with self.redis.pipeline() as pipe:
-            pipe.set(key_for("job", job.id), _dumps(job), ex=self.ttl_s, nx=True)
-            pipe.zadd(key_for("recent", job.tenant), {job.id: job.created_at})
-            pipe.zremrangebyrank(key_for("recent", job.tenant), 0, -1001)
-            pipe.sadd(key_for("active", job.tenant), job.id)
+            pipe.set(store_key("job", job.id), _dumps(job), ex=self.ttl_s, nx=True)
+            pipe.zadd(store_key("recent", job.tenant), {job.id: job.created_at})
+            pipe.zremrangebyrank(store_key("recent", job.tenant), 0, -1001)
+            pipe.sadd(store_key("active", job.tenant), job.id)
             count_created(pipe, [job])
             pipe.execute()
         return job
@@ -81,18 +81,19 @@ class JobStore:
     def create_batch(self, batch: Batch, jobs: list[Job]) -> Batch:
         with self.redis.pipeline() as pipe:
             for job in jobs:
-                pipe.set(key_for("job", job.id), _dumps(job), ex=self.ttl_s, nx=True)
-                pipe.zadd(key_for("recent", job.tenant), {job.id: job.created_at})
-                pipe.sadd(key_for("active", job.tenant), job.id)
-            pipe.set(key_for("batch", batch.id), json.dumps(batch.to_dict()), ex=self.ttl_s)
+                pipe.set(store_key("job", job.id), _dumps(job), ex=self.ttl_s, nx=True)
+                pipe.zadd(store_key("recent", job.tenant), {job.id: job.created_at})
+                pipe.sadd(store_key("active", job.tenant), job.id)
+            pipe.set(store_key("batch", batch.id), json.dumps(batch.to_dict()), ex=self.ttl_s)
             count_created(pipe, jobs)
             pipe.execute()
         return batch
 
     def start_stage(self, job_id: str, stage: str, *, queue: str | None, worker: str | None,
-                    admit: Callable[[Job], None] | None = None) -> Job:
+                    admit: Callable[[Job], None] | None = None, lease: tuple[str, int] | None = None) -> Job:
         """Enter a stage (also on a re-delivery: attempts counts every start). ``admit`` sees the
-        job first and may refuse it by raising (nothing is written then)."""
+        job first and may refuse it by raising (nothing is written then). ``lease`` (holder, TTL)
+        is written with the change (tasks.leases)."""
 
         def change(job: Job) -> None:
             if admit is not None:
@@ -103,7 +104,11 @@ class JobStore:
             record.attempts += 1
             record.queue, record.worker = queue, worker
 
-        return self._update(job_id, change)
+        def take_lease(w: Writes) -> None:
+            if lease is not None:
+                w.set(store_key("lease", job_id, stage), lease[0], ex=lease[1])
+
+        return self._update(job_id, change, also=take_lease)
 
     def finish_stage(self, job_id: str, stage: str, *, outputs: dict[str, str], cached: bool = False,
                      cache: dict[str, Any] | None = None, end: JobStatus | None = None,
@@ -131,7 +136,7 @@ class JobStore:
             job.outputs.update(outputs)
 
         def writes(w: Writes) -> None:
-            w.delete(key_for("progress", job_id))
+            w.delete(store_key("progress", job_id), store_key("lease", job_id, stage))
             if also is not None:
                 also(w)
 
@@ -144,20 +149,26 @@ class JobStore:
         """Stop a job: a queued one at once, a running one at its next step (the stage checks)."""
         return self._finish(job_id, JobStatus.CANCELED, error={"code": "canceled", "message": "canceled by request"})
 
-    def touch(self, job_id: str) -> Job:
-        """Record that someone looked after the job now (the reaper, when it re-enqueues)."""
-        return self._update(job_id, lambda job: None)
+    def touch(self, job_id: str, *, requeued: str | None = None) -> Job:
+        """Record that someone looked after the job now: the reaper, when it enqueues the job
+        again from stage ``requeued`` (marked, so that it waits for its message, not a lease)."""
+
+        def change(job: Job) -> None:
+            if requeued is not None:
+                job.stages[requeued].requeued_at = time.time()
+
+        return self._update(job_id, change)
 
     def is_canceled(self, job_id: str) -> bool:
-        raw = self.redis.get(key_for("job", job_id))
+        raw = self.redis.get(store_key("job", job_id))
         return raw is not None and orjson.loads(raw)["status"] == JobStatus.CANCELED.value
 
     def save_progress(self, job_id: str, *, stage: str, step: int, steps: int) -> None:
-        key = key_for("progress", job_id)
+        key = store_key("progress", job_id)
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping={"stage": stage, "step": step, "steps": steps, "at": int(time.time())})
             pipe.expire(key, self.ttl_s)
-            live.stage_progress(pipe, job_id, batch_id=live.batch_of(self.redis, job_id, key_for("job", job_id)),
+            live.stage_progress(pipe, job_id, batch_id=live.batch_of(self.redis, job_id, store_key("job", job_id)),
                                 stage=stage, step=step, steps=steps)
             pipe.execute()
 
@@ -168,16 +179,16 @@ class JobStore:
             raise ValueError(f"a preview is {len(png)} bytes; keep it under {live.PREVIEW_MAX_BYTES} "
                              "(workers.preview.preview_png with max_side=128 gives a few KB)")
         try:
-            self.redis.set(key_for("preview", job_id), png, ex=live.PREVIEW_TTL_S)
+            self.redis.set(store_key("preview", job_id), png, ex=live.PREVIEW_TTL_S)
             live.publish_preview(self.redis, job_id, step=step, steps=steps,
-                                 batch_id=live.batch_of(self.redis, job_id, key_for("job", job_id)))
+                                 batch_id=live.batch_of(self.redis, job_id, store_key("job", job_id)))
         except redis.RedisError as e:
             live.log.warning("live: could not save the preview of job %s: %s", job_id, e)
             return False
         return True
 
     def fetch_preview(self, job_id: str) -> bytes | None:
-        return self.redis.get(key_for("preview", job_id))
+        return self.redis.get(store_key("preview", job_id))
 
     # --- internals ------------------------------------------------------------------------
     def _finish(self, job_id: str, status: JobStatus, **fields: Any) -> Job:
@@ -195,11 +206,12 @@ class JobStore:
         compare-and-set (``tasks.transition``). It starts from the record this process last
         wrote when it has one, else reads it; if the job changed meanwhile, the script answers
         the current record and the change is made again on that."""
-        key = key_for("job", job_id)
-        base = self._known.pop(job_id, None) or self.redis.get(key)
-        while True:
-            if base is None:
-                raise JobNotFound(f"no job with id {job_id!r}")
+        job: Job
+        record: bytes
+        events: list
+
+        def make(base: bytes) -> tuple[bytes, Writes]:
+            nonlocal job, record, events
             job = Job.from_dict(orjson.loads(base))
             before = job.status
             change(job)
@@ -207,7 +219,7 @@ class JobStore:
             events = job_events(before, job)
             writes = Writes()
             if job.status.is_terminal():
-                writes.srem(key_for("active", job.tenant), job.id)
+                writes.srem(store_key("active", job.tenant), job.id)
             if events:  # written with the change, so never lost; only when someone may want them
                 writes.listener_keys = listener_keys(job.tenant, job.id, job.batch_id)
                 stage_events(writes, job, events, batch_size=self._batch_size(job) if job.status.is_terminal() else 0,
@@ -217,10 +229,11 @@ class JobStore:
             if also is not None:
                 also(writes)
             record = _dumps(job)
-            outcome = self._transition.apply(key, base, record, writes)
-            if outcome.applied:
-                break
-            base = outcome.current
+            return record, writes
+
+        outcome = self._transition.compare_and_set(store_key("job", job_id), make, base=self._known.pop(job_id, None))
+        if outcome is None:
+            raise JobNotFound(f"no job with id {job_id!r}")
         if outcome.errors:
             log.warning("job %s: %s written, but not: %s", job.id, job.status.value, "; ".join(outcome.errors))
         self._remember(job, record)
@@ -238,7 +251,7 @@ class JobStore:
     def _batch_size(self, job: Job) -> int:
         if not job.batch_id:
             return 0
-        raw = self.redis.get(key_for("batch", job.batch_id))
+        raw = self.redis.get(store_key("batch", job.batch_id))
         return len(json.loads(raw)["job_ids"]) if raw else 0
 
 

@@ -13,7 +13,7 @@ import redis
 
 from safety.policy import Action, AuditPolicy
 from tasks.errors import PixelmillError
-from tasks.store import key_for
+from tasks.store import store_key
 
 KEY_PREFIX = "pm_"
 
@@ -55,28 +55,28 @@ class TenantStore:
         plaintext = KEY_PREFIX + secrets.token_urlsafe(32)
         key = ApiKey(id=secrets.token_hex(8), tenant=tenant, name=name)
         with self.redis.pipeline() as pipe:
-            pipe.set(key_for("apikey", hash_key(plaintext)), json.dumps(asdict(key)))
-            pipe.hset(key_for("tenant", tenant, "keys"), key.id, hash_key(plaintext))
+            pipe.set(store_key("apikey", hash_key(plaintext)), json.dumps(asdict(key)))
+            pipe.hset(store_key("tenant", tenant, "keys"), key.id, hash_key(plaintext))
             pipe.execute()
         return key, plaintext
 
     def resolve(self, plaintext: str) -> ApiKey | None:
-        raw = self.redis.get(key_for("apikey", hash_key(plaintext)))
+        raw = self.redis.get(store_key("apikey", hash_key(plaintext)))
         if raw is None:
             return None
         key = ApiKey(**json.loads(raw))
         return None if key.revoked_at else key
 
     def list_keys(self, tenant: str) -> list[ApiKey]:
-        hashes = self.redis.hvals(key_for("tenant", tenant, "keys"))
-        raws = self.redis.mget([key_for("apikey", h.decode()) for h in hashes]) if hashes else []
+        hashes = self.redis.hvals(store_key("tenant", tenant, "keys"))
+        raws = self.redis.mget([store_key("apikey", h.decode()) for h in hashes]) if hashes else []
         return sorted((ApiKey(**json.loads(r)) for r in raws if r), key=lambda k: k.created_at)
 
     def revoke(self, *, tenant: str, key_id: str) -> ApiKey:
-        digest = self.redis.hget(key_for("tenant", tenant, "keys"), key_id)
+        digest = self.redis.hget(store_key("tenant", tenant, "keys"), key_id)
         if digest is None:
             raise KeyNotFound(f"no API key with id {key_id!r}")
-        name = key_for("apikey", digest.decode())
+        name = store_key("apikey", digest.decode())
         key = ApiKey(**json.loads(self.redis.get(name)))
         key.revoked_at = key.revoked_at or time.time()
         self.redis.set(name, json.dumps(asdict(key)))
@@ -84,14 +84,14 @@ class TenantStore:
 
     # --- audit policy ----------------------------------------------------------------------
     def policy(self, tenant: str, *, default: AuditPolicy) -> AuditPolicy:
-        raw = self.redis.get(key_for("tenant", tenant, "policy"))
+        raw = self.redis.get(store_key("tenant", tenant, "policy"))
         if raw is None:
             return default
         data = json.loads(raw)
         return AuditPolicy(threshold=data["threshold"], action=Action(data["action"]))
 
     def save_policy(self, tenant: str, policy: AuditPolicy) -> None:
-        self.redis.set(key_for("tenant", tenant, "policy"),
+        self.redis.set(store_key("tenant", tenant, "policy"),
                        json.dumps({"threshold": policy.threshold, "action": policy.action.value}))
 
     # --- limits ----------------------------------------------------------------------------
@@ -99,11 +99,11 @@ class TenantStore:
         """Count one submission in this minute's window and refuse past ``per_minute``; refuse
         ``adding`` jobs that would take the tenant's unfinished jobs past ``limit``. One round trip."""
         window = int(time.time() // 60)
-        name = key_for("rate", tenant, str(window))
+        name = store_key("rate", tenant, str(window))
         with self.redis.pipeline() as pipe:
             pipe.incr(name)
             pipe.expire(name, 120)
-            pipe.scard(key_for("active", tenant))
+            pipe.scard(store_key("active", tenant))
             count, _, active = pipe.execute()
         if count > per_minute:
             retry_after = max(1, 60 - int(time.time() % 60))

@@ -18,7 +18,7 @@ server (with replicas if wanted), as the rest of the job store does, not Redis C
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -133,22 +133,42 @@ def _text(arg: Any) -> str | dict[str, str]:
 
 
 @dataclass(frozen=True)
-class Outcome:
+class CasResult:
     applied: bool
     listened: bool = False
     current: bytes | None = None  # when not applied: the record as it is now (None: no such job)
     errors: tuple[str, ...] = ()  # the other writes that failed (the record was written)
 
 
+Change = Callable[[bytes], tuple[bytes, Writes]]
+
+
 class Transition:
-    """The script, registered once per client (redis-py loads it again after a server restart)."""
+    """The script, registered once per client (redis-py loads it again after a server restart).
+    Every read-modify-write of a record in our stores (jobs, webhook endpoints and deliveries)
+    goes through ``compare_and_set``."""
 
     def __init__(self, client: redis.Redis) -> None:
+        self._client = client
         self._script = client.register_script(_SCRIPT)
 
-    def apply(self, key: str, base: bytes, new: bytes, writes: Writes) -> Outcome:
+    def compare_and_set(self, key: str, change: Change, *, base: bytes | None = None) -> CasResult | None:
+        """Make ``change`` (the record as read → the new record and the writes that go with it)
+        and write it if the record is still the one it was made from, else make it again on the
+        current record. Starts from ``base`` when the caller knows the record; None: no such key."""
+        if base is None:
+            base = self._client.get(key)
+        while base is not None:
+            new, writes = change(base)
+            result = self.apply(key, base, new, writes)
+            if result.applied:
+                return result
+            base = result.current
+        return None
+
+    def apply(self, key: str, base: bytes, new: bytes, writes: Writes) -> CasResult:
         answer = self._script(keys=[key], args=[hashlib.sha1(base).hexdigest(), new, *writes.args()])
         if answer[0] == 2:
-            return Outcome(applied=True, listened=bool(answer[1]),
+            return CasResult(applied=True, listened=bool(answer[1]),
                            errors=tuple(e.decode(errors="replace") for e in answer[2:]))
-        return Outcome(applied=False, current=answer[1] if answer[0] == 1 else None)
+        return CasResult(applied=False, current=answer[1] if answer[0] == 1 else None)

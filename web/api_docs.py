@@ -8,10 +8,10 @@ import json
 import re
 from typing import Any
 
-from flask import render_template
+from flask import current_app, render_template
 from markupsafe import Markup, escape
 
-from web.openapi import ERROR_CODES, ID_PATTERNS, OPERATIONS, Json, Media, Multipart, Operation, constraints
+from web.openapi import ERROR_CODES, ID_PATTERNS, Json, Media, Multipart, Operation, constraints, published
 
 
 def render_docs(document: dict[str, Any], *, base: str) -> str:
@@ -27,7 +27,7 @@ def inline_code(text: str) -> Markup:
 
 def docs_sections(document: dict[str, Any], *, base: str) -> list[dict[str, Any]]:
     """The operations grouped by tag, each with its rows ready for the template."""
-    by_id = {op.operation_id: op for op in OPERATIONS}
+    by_id = {op.operation_id: op for op in published(current_app)}
     sections = []
     for tag in document["tags"]:
         ops = []
@@ -73,7 +73,7 @@ def curl_example(op: Operation, *, base: str) -> str:
     if not op.public:
         parts.append('-H "Authorization: Bearer $PIXELMILL_API_KEY"')
     if isinstance(op.body, Multipart):
-        parts += [f"-F {name}={value}" for name, value in op.curl_fields]
+        parts += [f"-F {name}={value}" for name, value in op.body.curl_fields]
     elif isinstance(op.body, Json) and op.body.example is not None:
         parts += ["-H 'Content-Type: application/json'", f"-d '{json.dumps(op.body.example)}'"]
     if isinstance(op.ok[1], Media) and op.ok[1].media_type.startswith("image/"):

@@ -8,7 +8,7 @@ import hmac
 import secrets
 from pathlib import Path
 
-from flask import Blueprint, Flask, abort, g, redirect, render_template, request, session, url_for
+from flask import Blueprint, Flask, g, redirect, render_template, request, session, url_for
 
 from tasks.errors import PixelmillError
 from tasks.settings import Settings
@@ -131,9 +131,3 @@ def logout():
     session.clear()
     return redirect(url_for("auth.login") if pixelmill.services.settings.auth_enabled else url_for("ui.index"))
 
-
-def require_tenant() -> str:
-    tenant = getattr(g, "tenant", None)
-    if tenant is None:
-        abort(401)
-    return tenant

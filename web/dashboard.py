@@ -8,13 +8,16 @@ import math
 import time
 from typing import Any
 
-from flask import Blueprint, jsonify, render_template
+from flask import Blueprint, render_template
 from markupsafe import Markup
+from pydantic import ConfigDict, Field
 
 from tasks.celery_app import app as celery_app
+from tasks.present import Timestamp, View
 from tasks.stats import fetch_stats
 from web.charts import Series, bar_chart, format_seconds, line_chart
 from web.extensions import pixelmill
+from web.openapi import Json, operation
 
 bp = Blueprint("dashboard", __name__)
 
@@ -30,9 +33,30 @@ def show():
                            updated=time.strftime("%H:%M:%S", time.localtime(stats["generated_at"])))
 
 
+class Stats(View):
+    """Service-wide figures, as the dashboard shows them: queue depths and workers, throughput and latency
+    per stage over the last hour, cost per image, cache hit ratio. Described loosely on purpose: its
+    figures grow with the dashboard."""
+
+    model_config = ConfigDict(extra="allow")
+
+    generated_at: Timestamp
+    available: bool = Field(description="false when Redis did not answer: the figures are then empty")
+    window_s: int = Field(description="the window of the 'last hour' figures")
+    queues: dict[str, Any]
+    stages: dict[str, Any]
+    jobs: dict[str, Any]
+    cost: dict[str, Any]
+    cache: dict[str, Any] | None
+    workers: list[Any]
+    restarts: dict[str, Any] = Field(description="processes the stack supervisor restarted (Redis included): "
+                                                 "count and last time")
+
+
 @bp.get("/api/v1/stats")
+@operation("showStats", "service", "Service figures: queues, jobs, cache", ok=(200, Json(Stats)))
 def show_stats():
-    return jsonify(fetch_stats(pixelmill.services, celery=celery_app))
+    return Stats(**fetch_stats(pixelmill.services, celery=celery_app))
 
 
 def stage_charts(stats: dict[str, Any]) -> dict[str, dict[str, Markup]]:

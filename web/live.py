@@ -6,7 +6,7 @@ a snapshot first (the payload the JSON API returns), then each change as it comm
 has ended. The same streams answer under ``/jobs/<id>/events`` and ``/batches/<id>/events`` for
 the pages: a browser's EventSource cannot send an API key, only the login session cookie.
 
-A web process holds one Redis subscription (tasks.live.LiveHub) however many viewers it
+A web process holds one Redis subscription (web/live_hub.py) however many viewers it
 serves; each viewer is a thread blocked on its own queue (gunicorn gthread, stack/supervisor.py).
 """
 
@@ -23,10 +23,12 @@ from flask import Blueprint, Response, request
 
 from tasks.errors import JobNotFound, PixelmillError
 from tasks.jobs import Batch, Job
-from tasks.live import RESYNC, LiveHub, Viewer, channel_for, pubsub_client
+from tasks.live import channel_for
+from web.live_hub import RESYNC, LiveHub, Viewer, pubsub_client
 from tasks.present import batch_payload, job_payload
 from tasks.store import JobStore
 from web.extensions import base_url, fetch_batch, fetch_job, pixelmill
+from web.openapi import Media, operation
 from web.webhooks import webhook_info
 
 bp = Blueprint("live", __name__)
@@ -51,6 +53,14 @@ class TooManyViewers(PixelmillError):
 
 @bp.get("/api/v1/jobs/<job_id>/events")
 @bp.get("/jobs/<job_id>/events")
+@operation("jobEvents", "jobs", "Follow a job as server-sent events",
+           ok=(200, Media("text/event-stream", {"type": "string"},
+                          "server-sent events: `job` (the job as showJob shows it: first a snapshot, then each "
+                          "change), `progress` ({job_id, stage, step, steps}), `preview` (a new preview image), "
+                          "`end` ({reason, status}) once the job has ended; `: keepalive` comments between")),
+           description="For browsers, the same stream answers at /jobs/{job_id}/events with the login session.",
+           errors={404: "no such job", 503: "this server streams to as many viewers as it can (too_many_viewers): "
+                                            "poll showJob or retry (see Retry-After)"})
 def job_events(job_id: str):
     job = fetch_job(job_id)  # tenant check: another tenant's job is not found
     store = pixelmill.services.store
@@ -67,6 +77,13 @@ def job_events(job_id: str):
 
 @bp.get("/api/v1/batches/<batch_id>/events")
 @bp.get("/batches/<batch_id>/events")
+@operation("batchEvents", "batches", "Follow a batch as server-sent events",
+           ok=(200, Media("text/event-stream", {"type": "string"},
+                          "server-sent events: `batch` (a snapshot, then the batch's counts as they change), "
+                          "`job` (a job of the batch that changed), `progress`, `preview`, and `end` once every "
+                          "job has ended")),
+           errors={404: "no such batch", 503: "too many viewers on this server (too_many_viewers): poll "
+                                              "showBatch or retry (see Retry-After)"})
 def batch_events(batch_id: str):
     batch, jobs = fetch_batch(batch_id)
     viewer = None if all(j.status.is_terminal() for j in jobs) else _watch([channel_for("batch", batch_id)])
@@ -84,6 +101,10 @@ def batch_events(batch_id: str):
 
 @bp.get("/api/v1/jobs/<job_id>/preview.png")
 @bp.get("/jobs/<job_id>/preview.png")
+@operation("jobPreview", "jobs", "The latest live preview of a running diffusion job",
+           ok=(200, Media(PREVIEW_MIMETYPE, {"type": "string", "contentMediaType": PREVIEW_MIMETYPE},
+                          "the preview (PNG)")),
+           errors={404: "no such job, or no preview now (one exists only while a diffusion job generates)"})
 def job_preview(job_id: str):
     """The latest live preview of a running diffusion job (kept a short while only)."""
     job = fetch_job(job_id)

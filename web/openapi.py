@@ -1,14 +1,15 @@
 """The OpenAPI 3.1 description of the JSON API: ``GET /api/v1/openapi.json``, and the same
 rendered as a page at ``GET /api/docs`` (web/api_docs.py).
 
-One table, ``OPERATIONS``, describes every route under /api/v1: its parameters, body and
-answers. Bodies and answers are pydantic models — the very ones the handlers validate with
-(``JobParams``, ``EndpointCreate``, ``KeyCreate`` …) and those of ``web.schemas``, which
-describe the payloads ``tasks.present`` and friends build — turned into components with
-``model_json_schema``. A route is published only while the app has it, so a route described
-ahead of its code stays out until it lands; and a test fails when a route under /api/v1 has
-no row here. **Adding a route: add one ``Operation`` to ``OPERATIONS``** (and, if it answers
-with a new shape, its model to ``web.schemas``).
+Each operation is declared once, on its view: ``@operation(...)`` under the route decorator
+names it and gives its tag, summary, parameters, body and answers. The document is built by
+walking the app's routes under /api/v1 (method and path come from Flask's rule) and reading
+each view's declaration; a test fails when such a route has none. Bodies and answers are
+pydantic models — the very ones the handlers validate with (``JobParams``, ``EndpointCreate``,
+``KeyCreate`` …) and answer with (``tasks.present.View`` and its kinds), turned into components
+with ``model_json_schema``. A view declared to answer JSON returns its model (and, where
+declared, the response headers): the decorator checks the model and answers it with the
+declared status, so the document and the handlers cannot drift.
 
 Why a small generator and not a library: spectree, flask-openapi3 and apiflask each want to
 own the handlers — typed view signatures or their own Blueprint/Flask classes, and their own
@@ -20,23 +21,20 @@ adopting a library would mean rewriting every handler to gain what ~300 lines gi
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from flask import Blueprint, Flask, current_app, jsonify, request
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
-from tasks.jobs import Job as JobRecord
-from tasks.jobs import JobParams, JobStatus
-from tasks.present import job_payload
-from tasks.webhooks.models import EndpointCreate
-from web import schemas
-from web.forms import MAX_DEADLINE_S, DeliveryListQuery, JobListQuery, SubmissionFields
-from web.keys import KeyCreate
-from web.webhooks import RotateRequest
+from tasks.jobs import JobParams
+from tasks.present import View
+from web.forms import SubmissionFields
 
 bp = Blueprint("openapi", __name__)
 
@@ -62,6 +60,7 @@ class Multipart:
 
     field: str
     many: bool = False
+    curl_fields: tuple[tuple[str, str], ...] = ()  # the fields shown in the curl example
 
 
 @dataclass(frozen=True)
@@ -85,12 +84,12 @@ class Param:
 
 @dataclass(frozen=True)
 class Operation:
-    method: str
-    path: str  # OpenAPI form: /api/v1/jobs/{job_id}
+    """One operation of the API, declared on its view: ``@operation(...)`` under ``@bp.get(...)``."""
+
     operation_id: str
     tag: str
     summary: str
-    ok: tuple[int, Json | Media | None]  # the success status and what it carries
+    ok: tuple[int, Json | Media]  # the success status and what it carries
     description: str = ""
     body: Json | Multipart | None = None
     query: type[BaseModel] | None = None
@@ -98,7 +97,43 @@ class Operation:
     errors: dict[int, str] = field(default_factory=dict)  # status → when it happens
     headers: dict[str, str] = field(default_factory=dict)  # response headers of the success answer
     public: bool = False  # answers without an API key
-    curl_fields: tuple[tuple[str, str], ...] = ()  # multipart fields shown in the curl example
+    method: str = ""  # these two from the route, once published
+    path: str = ""  # OpenAPI form: /api/v1/jobs/{job_id}
+
+    def __call__(self, view: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(view)
+        def answer(*args: Any, **kwargs: Any) -> Any:
+            return self.respond(view(*args, **kwargs))
+
+        answer.openapi_operation = self  # type: ignore[attr-defined]
+        return answer
+
+    def respond(self, result: Any) -> Any:
+        """A JSON answer: the view's model (or ``(model, headers)``) with the declared status."""
+        status, what = self.ok
+        if not isinstance(what, Json):
+            return result  # an image or a stream: the view's own response
+        model, headers = result if isinstance(result, tuple) else (result, {})
+        if type(model) is not what.model or set(headers) != set(self.headers):
+            raise TypeError(f"{self.operation_id} is declared to answer {what.model.__name__} with headers "
+                            f"{sorted(self.headers)}, not {type(model).__name__} with {sorted(headers)}")
+        return jsonify(model.model_dump(mode="json")), status, headers
+
+
+operation = Operation  # a decorator: @operation("showJob", "jobs", "A job", ok=(200, Json(JobDetail)))
+
+
+class ErrorDetail(View):
+    code: str = Field(description="machine-readable, e.g. not_found, invalid_parameters, rate_limited",
+                      examples=["not_found"])
+    message: str = Field(description="what went wrong and what to do about it, for a person",
+                         examples=["no job with id 'abc'"])
+
+
+class ErrorResponse(View):
+    """Every error of the API: one shape, with the HTTP status that fits."""
+
+    error: ErrorDetail
 
 
 # Errors every authenticated operation may answer.
@@ -129,141 +164,6 @@ ID_PATTERNS = {
     "key_id": ("^[0-9a-f]{16}$", "a1b2c3d4e5f60718"),
 }
 
-_SUBMIT_ERRORS = {
-    400: "no image, an unknown parameter, a params field that is not a JSON object, a bad deadline_s",
-    413: "the file or the whole request is too large",
-    415: "the body is not multipart/form-data",
-    422: "a parameter out of range, an image refused (format, size, corrupt, decompression bomb), "
-         "or a webhook_url refused",
-    429: "over the per-minute submission limit or the cap on unfinished jobs (see Retry-After)",
-}
-_CANCEL_AFTER = Param("Cancel-After", "header", {"type": "number", "minimum": 1, "maximum": MAX_DEADLINE_S},
-                      "seconds the job may take in all (the same as the deadline_s field)", example=600)
-_DOWNLOAD = Param("download", "query", {"type": "string", "enum": ["1"]},
-                  "1: served as an attachment (Content-Disposition) rather than inline")
-_PNG = Media("image/png", {"type": "string", "contentMediaType": "image/png"}, "the PNG image")
-
-
-OPERATIONS: tuple[Operation, ...] = (
-    # --- jobs ---
-    Operation("post", "/api/v1/jobs", "createJob", "jobs", "Submit one image",
-              ok=(202, Json(schemas.JobCreated)), body=Multipart("image"), params=(_CANCEL_AFTER,),
-              description="Validates the upload and the parameters, stores the image and queues the job; it never "
-                          "waits for a worker. Parameters go as form fields one by one, or together as a JSON "
-                          "object in the `params` field (fields sent one by one win).",
-              errors=_SUBMIT_ERRORS, headers={"Location": "the job in the API"},
-              curl_fields=(("image", "@photo.jpg"), ("style", "watercolor"), ("upscale", "2"))),
-    Operation("get", "/api/v1/jobs", "listJobs", "jobs", "Your most recent jobs",
-              ok=(200, Json(schemas.JobList)), query=JobListQuery, errors={422: "limit is not an integer in range"}),
-    Operation("get", "/api/v1/jobs/{job_id}", "showJob", "jobs", "A job: status, stages, progress, audit, links",
-              ok=(200, Json(schemas.JobDetail, example=lambda: example_job())),
-              errors={404: "no such job (or it is another tenant's)"},
-              description="Poll this (or follow the events stream, or use a webhook) until `status` is terminal: "
-                          "succeeded, failed, blocked or canceled."),
-    Operation("post", "/api/v1/jobs/{job_id}/cancel", "cancelJob", "jobs", "Cancel a job",
-              ok=(200, Json(schemas.Job)),
-              description="A queued job stops at once, a running one at its next step.",
-              errors={404: "no such job", 409: "the job already ended (already_finished)"}),
-    Operation("get", "/api/v1/jobs/{job_id}/result", "jobResult", "jobs", "The result image",
-              ok=(200, _PNG), params=(_DOWNLOAD,),
-              errors={403: "the safety audit blocked this result: it is never served (blocked)",
-                      404: "no such job", 409: "the job has not succeeded (yet) (not_ready)"}),
-    Operation("get", "/api/v1/jobs/{job_id}/input", "jobInput", "jobs", "The normalised input image",
-              ok=(200, _PNG), params=(_DOWNLOAD,), errors={404: "no such job"}),
-    Operation("get", "/api/v1/jobs/{job_id}/events", "jobEvents", "jobs", "Follow a job as server-sent events",
-              ok=(200, Media("text/event-stream", {"type": "string"},
-                             "server-sent events: `job` (the job as showJob shows it: first a snapshot, then each "
-                             "change), `progress` ({job_id, stage, step, steps}), `preview` (a new preview image), "
-                             "`end` ({reason, status}) once the job has ended; `: keepalive` comments between")),
-              description="For browsers, the same stream answers at /jobs/{job_id}/events with the login session.",
-              errors={404: "no such job", 503: "this server streams to as many viewers as it can (too_many_viewers): "
-                                               "poll showJob or retry (see Retry-After)"}),
-    Operation("get", "/api/v1/jobs/{job_id}/preview.png", "jobPreview", "jobs",
-              "The latest live preview of a running diffusion job",
-              ok=(200, Media("image/png", {"type": "string", "contentMediaType": "image/png"}, "the preview (PNG)")),
-              errors={404: "no such job, or no preview now (one exists only while a diffusion job generates)"}),
-    # --- batches ---
-    Operation("post", "/api/v1/batches", "createBatch", "batches", "Submit several images with one set of parameters",
-              ok=(202, Json(schemas.BatchCreated)), body=Multipart("images", many=True), params=(_CANCEL_AFTER,),
-              description="Every file is validated before any job is written: one bad file refuses the whole "
-                          "batch, and its message starts with that file's name.",
-              errors=_SUBMIT_ERRORS, headers={"Location": "the batch in the API"},
-              curl_fields=(("images", "@front.jpg"), ("images", "@back.jpg"), ("style", "product"))),
-    Operation("get", "/api/v1/batches/{batch_id}", "showBatch", "batches", "A batch and its jobs",
-              ok=(200, Json(schemas.BatchDetail)), errors={404: "no such batch"}),
-    Operation("get", "/api/v1/batches/{batch_id}/events", "batchEvents", "batches",
-              "Follow a batch as server-sent events",
-              ok=(200, Media("text/event-stream", {"type": "string"},
-                             "server-sent events: `batch` (a snapshot, then the batch's counts as they change), "
-                             "`job` (a job of the batch that changed), `progress`, `preview`, and `end` once every "
-                             "job has ended")),
-              errors={404: "no such batch", 503: "too many viewers on this server (too_many_viewers): poll "
-                                                 "showBatch or retry (see Retry-After)"}),
-    # --- webhooks ---
-    Operation("post", "/api/v1/webhooks", "createWebhook", "webhooks", "Add a standing webhook endpoint",
-              ok=(201, Json(schemas.EndpointWithSecret)),
-              body=Json(EndpointCreate, {"url": "https://example.com/hooks/pixelmill",
-                                         "events": ["job.completed", "job.failed"], "description": "CMS import"}),
-              description="The URL is checked now (SSRF guard: public addresses only unless allowed). The "
-                          "signing secret is in this answer only.",
-              errors={400: "the body is not a JSON object",
-                      422: "a field out of range, an unknown event, or the URL refused"},
-              headers={"Location": "the endpoint in the API"}),
-    Operation("get", "/api/v1/webhooks", "listWebhooks", "webhooks", "Your webhook endpoints",
-              ok=(200, Json(schemas.EndpointList))),
-    Operation("get", "/api/v1/webhooks/{endpoint_id}", "showWebhook", "webhooks", "A webhook endpoint",
-              ok=(200, Json(schemas.Endpoint)), errors={404: "no such endpoint"}),
-    Operation("delete", "/api/v1/webhooks/{endpoint_id}", "deleteWebhook", "webhooks", "Delete a webhook endpoint",
-              ok=(200, Json(schemas.EndpointDeleted)), errors={404: "no such endpoint"}),
-    Operation("post", "/api/v1/webhooks/{endpoint_id}/rotate", "rotateWebhookSecret", "webhooks",
-              "Rotate an endpoint's signing secret",
-              ok=(200, Json(schemas.EndpointWithSecret)),
-              body=Json(RotateRequest, {"overlap_seconds": 3600}, required=False),
-              description="Deliveries carry both signatures until the old secret expires, so receivers can "
-                          "switch without dropping any.",
-              errors={400: "the body is not a JSON object", 404: "no such endpoint",
-                      422: "overlap_seconds out of range"}),
-    Operation("post", "/api/v1/webhooks/{endpoint_id}/enable", "enableWebhook", "webhooks",
-              "Enable an endpoint again (after a 410 disabled it)",
-              ok=(200, Json(schemas.Endpoint)), errors={404: "no such endpoint"}),
-    Operation("get", "/api/v1/webhooks/{endpoint_id}/deliveries", "listWebhookDeliveries", "webhooks",
-              "Deliveries to an endpoint", ok=(200, Json(schemas.DeliveryList)), query=DeliveryListQuery,
-              errors={404: "no such endpoint", 422: "limit is not an integer in range"}),
-    Operation("get", "/api/v1/deliveries/dead", "listDeadLetters", "webhooks",
-              "The dead-letter list: deliveries that ran out of tries",
-              ok=(200, Json(schemas.DeliveryList)), query=DeliveryListQuery,
-              errors={422: "limit is not an integer in range"}),
-    Operation("get", "/api/v1/deliveries/{delivery_id}", "showDelivery", "webhooks", "A delivery and its attempts",
-              ok=(200, Json(schemas.DeliveryDetail)), errors={404: "no such delivery"}),
-    Operation("post", "/api/v1/deliveries/{delivery_id}/redeliver", "redeliver", "webhooks",
-              "Send a delivery again (same webhook-id, so receivers dedupe)",
-              ok=(202, Json(schemas.DeliveryDetail)),
-              errors={404: "no such delivery",
-                      409: "it is already pending, or its endpoint was deleted or is disabled (conflict)"}),
-    # --- keys ---
-    Operation("get", "/api/v1/keys", "listKeys", "keys", "Your API keys (never the keys themselves)",
-              ok=(200, Json(schemas.ApiKeyList))),
-    Operation("post", "/api/v1/keys", "createKey", "keys", "Create an API key",
-              ok=(201, Json(schemas.ApiKeyCreated)), body=Json(KeyCreate, {"name": "ci"}, required=False),
-              description="The key is in this answer only; only its hash is stored.",
-              errors={400: "the body is not a JSON object",
-                      422: "name longer than 100 characters, or an unknown field"}),
-    Operation("delete", "/api/v1/keys/{key_id}", "revokeKey", "keys", "Revoke an API key",
-              ok=(200, Json(schemas.ApiKey)), errors={404: "no such key"}),
-    # --- cache ---
-    Operation("get", "/api/v1/cache", "showCache", "cache", "The latent cache: your entries, counters, policy",
-              ok=(200, Json(schemas.Cache))),
-    Operation("delete", "/api/v1/cache", "clearCache", "cache", "Clear your cache entries",
-              ok=(200, Json(schemas.CacheCleared)),
-              errors={409: "the cache is shared between tenants: one tenant cannot clear it (cache_shared)",
-                      503: "the cache's Redis is unavailable (cache_unavailable)"}),
-    # --- service ---
-    Operation("get", "/api/v1/stats", "showStats", "service", "Service figures: queues, jobs, cache",
-              ok=(200, Json(schemas.Stats))),
-    Operation("get", SPEC_PATH, "openapi", "service", "This description (OpenAPI 3.1)",
-              ok=(200, Media("application/json", {"type": "object"}, "the OpenAPI document")), public=True),
-)
-
 
 # --- the document -------------------------------------------------------------------------------
 
@@ -272,21 +172,23 @@ def flask_path(rule: str) -> str:
     return re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule)
 
 
-def routes(app: Flask) -> set[tuple[str, str]]:
-    """(method, OpenAPI path) of every JSON API route the app has."""
-    found = set()
+def _api_routes(app: Flask) -> Iterator[tuple[str, str, Callable[..., Any]]]:
+    """(method, OpenAPI path, view) of every route under /api/v1."""
     for rule in app.url_map.iter_rules():
         if rule.rule.startswith("/api/v1/"):
-            for method in rule.methods or ():
-                if method not in {"HEAD", "OPTIONS"}:
-                    found.add((method.lower(), flask_path(rule.rule)))
-    return found
+            for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+                yield method.lower(), flask_path(rule.rule), app.view_functions[rule.endpoint]
+
+
+def routes(app: Flask) -> set[tuple[str, str]]:
+    """(method, OpenAPI path) of every JSON API route the app has."""
+    return {(method, path) for method, path, _ in _api_routes(app)}
 
 
 def published(app: Flask) -> list[Operation]:
-    """The operations whose route the app has (a row described ahead of its code waits for it)."""
-    present = routes(app)
-    return [op for op in OPERATIONS if (op.method, op.path) in present]
+    """The operation declared on each route under /api/v1, with the route's method and path."""
+    return [replace(view.openapi_operation, method=method, path=path)  # type: ignore[attr-defined]
+            for method, path, view in _api_routes(app) if hasattr(view, "openapi_operation")]
 
 
 def build_spec(app: Flask) -> dict[str, Any]:
@@ -341,7 +243,7 @@ def spec_for(app: Flask) -> dict[str, Any]:
 
 
 def models_of(operations: list[Operation]) -> list[type[BaseModel]]:
-    found: list[type[BaseModel]] = [schemas.ErrorResponse]
+    found: list[type[BaseModel]] = [ErrorResponse]
     for op in operations:
         for part in (op.body, op.ok[1]):
             if isinstance(part, Json):
@@ -354,16 +256,7 @@ def models_of(operations: list[Operation]) -> list[type[BaseModel]]:
 def _components(operations: list[Operation]) -> dict[str, Any]:
     models = models_of(operations)
     _, top = models_json_schema([(m, "validation") for m in models], ref_template=REF)
-    defs = top.get("$defs", {})
-    for name, schema in defs.items():
-        if _is_response_model(name):
-            schema.pop("additionalProperties", None)  # clients ignore fields added later
-    return dict(sorted(defs.items()))
-
-
-def _is_response_model(name: str) -> bool:
-    model = getattr(schemas, name, None)
-    return isinstance(model, type) and issubclass(model, BaseModel) and model.__module__ == schemas.__name__
+    return dict(sorted(top.get("$defs", {}).items()))
 
 
 def _ref(model: type[BaseModel]) -> dict[str, str]:
@@ -372,7 +265,7 @@ def _ref(model: type[BaseModel]) -> dict[str, str]:
 
 def _error_response(description: str) -> dict[str, Any]:
     return {"description": description,
-            "content": {"application/json": {"schema": _ref(schemas.ErrorResponse)}}}
+            "content": {"application/json": {"schema": _ref(ErrorResponse)}}}
 
 
 def _operation(op: Operation) -> dict[str, Any]:
@@ -413,13 +306,11 @@ def _operation(op: Operation) -> dict[str, Any]:
     return out
 
 
-def _success_text(what: Json | Media | None) -> str:
+def _success_text(what: Json | Media) -> str:
     if isinstance(what, Json):
         doc = vars(what.model).get("__doc__") or ""
         return doc.strip().splitlines()[0] if doc.strip() else f"a {what.model.__name__}"
-    if isinstance(what, Media):
-        return what.description
-    return "done"
+    return what.description
 
 
 def _path_param(name: str) -> dict[str, Any]:
@@ -498,23 +389,6 @@ def _form_field(prop: dict[str, Any]) -> dict[str, Any]:
     return prop
 
 
-def example_job() -> dict[str, Any]:
-    """A job half-way through, as showJob answers: made by the real presenter, so it cannot drift."""
-    at = 1767225600.0  # fixed, so the document is the same on every build
-    job = JobRecord.create(tenant="local", params=JobParams(style="watercolor", upscale=2, seed=1234),
-                           input_ref="0" * 64 + ".png", input_name="photo.jpg", deadline_s=3600)
-    job.id, job.created_at, job.updated_at, job.expires_at = ID_PATTERNS["job_id"][1], at, at + 1.2, at + 3600
-    job.status = JobStatus.GENERATING
-    encode = job.stages["encode"]
-    encode.started_at, encode.finished_at, encode.seconds, encode.attempts = at + 0.1, at + 0.9, 0.8, 1
-    encode.done, encode.queue, encode.worker = True, "cpu", "cpu-1@host"
-    generate = job.stages["generate"]
-    generate.started_at, generate.attempts, generate.queue, generate.worker = at + 1.0, 1, "cpu", "cpu-1@host"
-    progress = {"stage": "generate", "step": 3, "steps": 10, "at": int(at + 1.2)}
-    return {**job_payload(job, progress=progress, base_url="https://pixelmill.example"), "webhook": None,
-            "deliveries": []}
-
-
 def constraints(schema: dict[str, Any]) -> str:
     words = []
     for key, label in (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"),
@@ -529,12 +403,14 @@ def constraints(schema: dict[str, Any]) -> str:
 # --- the routes ---------------------------------------------------------------------------------
 
 @bp.get(SPEC_PATH)
+@operation("openapi", "service", "This description (OpenAPI 3.1)",
+           ok=(200, Media("application/json", {"type": "object"}, "the OpenAPI document")), public=True)
 def spec():
     return jsonify(spec_for(current_app))
 
 
 @bp.get("/api/docs")
 def docs():
-    from web.api_docs import render_docs  # the page reads this module's table: imported here, not at the top
+    from web.api_docs import render_docs  # it imports this module: imported here, not at the top
 
     return render_docs(spec_for(current_app), base=request.host_url.rstrip("/"))

@@ -17,6 +17,7 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 from workers.errors import EngineError, Interrupted, ModelLoadError
+from workers.schedule import denoising_steps, no_denoising_reason
 
 # on_step(done, total, latents): called after each denoising step with the current latents of the
 # whole batch; returning True stops the run (Interrupted).
@@ -61,7 +62,7 @@ class GenerateParams:
     @property
     def denoising_steps(self) -> int:
         """The number of denoising steps actually run (as diffusers counts them)."""
-        return min(int(self.steps * self.strength), self.steps)
+        return denoising_steps(self.steps, self.strength)
 
     def batch_key(self) -> tuple[int, float, float]:
         """What must be equal for two requests to share one pipeline call: the schedule (steps and
@@ -78,11 +79,9 @@ class GenerateParams:
             raise EngineError(f"guidance must be between 0 and {MAX_GUIDANCE:g}, got {self.guidance}")
         if not 0 <= self.seed < 2**64:
             raise EngineError(f"seed must be between 0 and 2**64 - 1, got {self.seed}")
-        if self.denoising_steps < 1:
-            raise EngineError(
-                f"steps={self.steps} at strength={self.strength} runs no denoising step "
-                "(int(steps * strength) is 0): raise steps or strength"
-            )
+        reason = no_denoising_reason(self.steps, self.strength)
+        if reason:
+            raise EngineError(reason)
 
 
 def _check_rgb(image: np.ndarray) -> None:

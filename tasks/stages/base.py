@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-import random
 import time
 
 import numpy as np
@@ -20,8 +19,11 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from safety.errors import SafetyError
 from safety.validate import decode_png, encode_png
+from tasks.backoff import backoff_s
 from tasks.errors import InvalidTransition, JobNotFound, PixelmillError
+from tasks import leases
 from tasks.jobs import Job, JobStatus
+from tasks.settings import STAGES
 from tasks.metrics import stage_metrics
 from tasks.worker_runtime import WorkerRuntime, get_worker_runtime
 from workers.errors import EngineError, Interrupted
@@ -56,6 +58,7 @@ def run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
     try:
         _run_stage(task, job_id, stage, work)
     except TRANSIENT as e:
+        _release_lease(job_id, stage)  # the retry may run in another process: let it take the stage
         limit = next(n for kind, n in MAX_RETRIES.items() if isinstance(e, kind))
         if task.request.retries >= limit:
             _fail(get_worker_runtime(), job_id, code="unavailable",
@@ -63,7 +66,14 @@ def run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
             raise Ignore() from e
         log.warning("%s: transient %s on job %s; retry %d of %d", stage, type(e).__name__, job_id,
                     task.request.retries + 1, limit)
-        raise task.retry(exc=e, countdown=backoff(task.request.retries), max_retries=limit) from e
+        raise task.retry(exc=e, countdown=backoff_s(task.request.retries, base_s=1.0, cap_s=60.0), max_retries=limit) from e
+
+
+def _release_lease(job_id: str, stage: str) -> None:
+    try:
+        get_worker_runtime().redis.delete(leases.lease_key(job_id, stage))
+    except redis.RedisError:
+        pass  # Redis is away: the lease lapses before long, and the reaper takes the stage then
 
 
 class Skip(Exception):
@@ -76,11 +86,22 @@ class Skip(Exception):
 
 
 def _admit(rt: WorkerRuntime, stage: str, job: Job) -> None:
-    """What a stage checks on the job before it starts (inside the start transition)."""
+    """What a stage checks on the job before it starts (inside the start transition). A
+    re-delivery (the reaper's, or Redis' after its visibility timeout) runs only what no live
+    worker holds, and carries the chain on only where no other delivery has taken it."""
     if job.status.is_terminal():
         raise Skip(f"job {job.id} is already {job.status.value}; stopping its chain")
-    if job.stages[stage].done:
+    record = job.stages[stage]
+    if record.done:
+        following = STAGES[STAGES.index(stage) + 1:]
+        if following and (job.stages[following[0]].done or job.stages[following[0]].is_in_flight()):
+            raise Skip(f"job {job.id} already did this stage and moved on (a late re-delivery); dropping it")
         raise Skip(f"job {job.id} already did this stage (re-delivery); moving on", proceed=True)
+    if record.is_in_flight():
+        holder = leases.fetch_holder(rt.redis, job.id, stage)
+        if holder is not None and holder != leases.current_holder() and not holder.is_gone():
+            raise Skip(f"job {job.id}: {stage} is running on {holder.hostname} (pid {holder.pid}); "
+                       "dropping this duplicate delivery")
     if job.is_expired():
         raise Skip("the job passed its deadline before it could finish", code="expired")
     if job.stages[stage].attempts >= rt.settings.max_stage_attempts:
@@ -92,9 +113,10 @@ def _admit(rt: WorkerRuntime, stage: str, job: Job) -> None:
 def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
     rt = get_worker_runtime()
     queue = (task.request.delivery_info or {}).get("routing_key")
+    lease = (str(leases.current_holder()), rt.settings.stage_lease_s)
     try:
         job = rt.store.start_stage(job_id, stage, queue=queue, worker=task.request.hostname,
-                                   admit=lambda job: _admit(rt, stage, job))
+                                   admit=lambda job: _admit(rt, stage, job), lease=lease)
     except JobNotFound:
         log.warning("%s: job %s no longer exists; dropping", stage, job_id)
         raise Ignore() from None
@@ -109,6 +131,12 @@ def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
         else:
             _fail(rt, job_id, code=skip.code, message=str(skip))
         raise Ignore() from None
+    with leases.holding(job_id, stage):  # renewed by the heartbeat until the stage ends
+        _work_and_finish(rt, job, stage, queue, work)
+
+
+def _work_and_finish(rt: WorkerRuntime, job: Job, stage: str, queue: str | None, work: StageWork) -> None:
+    job_id = job.id
     started = time.monotonic()
     try:
         result = work(job, rt)
@@ -139,13 +167,6 @@ def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
             raise Ignore() from None
         return
     raise Ignore()  # the job has failed: stop the chain here
-
-
-def backoff(retries: int, *, base_s: float = 1.0, cap_s: float = 60.0) -> float:
-    """Exponential backoff with "equal jitter": between half and all of min(cap, base·2^retries),
-    so retries spread out but never come back at once."""
-    delay = min(cap_s, base_s * 2 ** retries)
-    return delay / 2 + random.uniform(0, delay / 2)
 
 
 def _fail(rt: WorkerRuntime, job_id: str, *, code: str, message: str) -> None:

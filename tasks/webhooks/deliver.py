@@ -23,6 +23,7 @@ import redis
 
 from safety.outbound import (CheckedTarget, OutboundError, OutboundRefused, Response, UnresolvableHost, check_url,
                              post)
+from tasks.backoff import backoff_s
 from tasks.metrics import record_webhook
 from tasks.settings import Settings
 from tasks.webhooks import signing
@@ -46,6 +47,11 @@ class Policy:
     allow_private: bool
     endpoint_concurrency: int
 
+    @property
+    def held_s(self) -> float:
+        """How long an attempt's lock and receiver slot outlive a worker that died holding them."""
+        return self.timeout_s + 30
+
     @classmethod
     def from_settings(cls, s: Settings) -> "Policy":
         return cls(timeout_s=s.webhook_timeout_s, max_attempts=s.webhook_max_attempts,
@@ -55,7 +61,7 @@ class Policy:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class Decision:
     outcome: str  # delivered | retry | dead
     reason: str | None = None
     retry_in: float | None = None
@@ -69,12 +75,6 @@ class Step:
     retry_in: float | None = None
     schedule: int = 0
     wake: list[tuple[str, int]] = field(default_factory=list)
-
-
-def backoff(tries: int, policy: Policy, *, rand: Callable[[], float] = random.random) -> float:
-    """Delay after the ``tries``-th failed attempt: base·2^(tries-1), capped, with jitter in [½, 1]."""
-    delay = min(policy.backoff_max_s, policy.backoff_base_s * 2 ** max(0, tries - 1))
-    return delay * (0.5 + rand() / 2)
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -93,28 +93,28 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
 
 def judge(*, status: int | None, tries: int, policy: Policy, retry_after: float | None = None,
           error: str | None = None, retryable_error: bool = True,
-          rand: Callable[[], float] = random.random) -> Verdict:
+          rand: Callable[[], float] = random.random) -> Decision:
     """The outcome of the ``tries``-th attempt (1-based) that ended with ``status`` or ``error``."""
     if status is not None and 200 <= status < 300:
-        return Verdict("delivered")
+        return Decision("delivered")
     if status == 410:
-        return Verdict("dead", reason="the receiver answered 410 Gone; the endpoint is now disabled", disable=True)
+        return Decision("dead", reason="the receiver answered 410 Gone; the endpoint is now disabled", disable=True)
     if status is not None and 300 <= status < 400:
-        return Verdict("dead", reason=f"the receiver answered {status} (a redirect); redirects are not followed — "
+        return Decision("dead", reason=f"the receiver answered {status} (a redirect); redirects are not followed — "
                                       "register the final URL")
     if status is not None and status != 429 and status < 500:
-        return Verdict("dead", reason=f"the receiver answered {status}; not retried "
+        return Decision("dead", reason=f"the receiver answered {status}; not retried "
                                       "(only timeouts, network errors, 429 and 5xx are)")
     if status is None and not retryable_error:
-        return Verdict("dead", reason=error)
+        return Decision("dead", reason=error)
     what = error if status is None else f"HTTP {status}"
     if tries >= policy.max_attempts:
-        return Verdict("dead", reason=f"gave up after {tries} attempts; last: {what}")
+        return Decision("dead", reason=f"gave up after {tries} attempts; last: {what}")
     if retry_after is not None:
         delay = min(max(retry_after, 0.0), policy.backoff_max_s)
     else:
-        delay = backoff(tries, policy, rand=rand)
-    return Verdict("retry", reason=what, retry_in=delay)
+        delay = backoff_s(tries - 1, base_s=policy.backoff_base_s, cap_s=policy.backoff_max_s, rand=rand)
+    return Decision("retry", reason=what, retry_in=delay)
 
 
 def run_delivery(store: WebhookStore, policy: Policy, *, delivery_id: str, schedule: int,
@@ -135,12 +135,12 @@ def run_delivery(store: WebhookStore, policy: Policy, *, delivery_id: str, sched
     if endpoint is None or endpoint.disabled:
         why = ("the endpoint was deleted" if endpoint is None
                else f"the endpoint is disabled ({endpoint.disabled_reason})")
-        return _finish(store, delivery, verdict=Verdict("dead", reason=why), attempt=None)
-    lock = store.lock_attempt(delivery.id, ttl_s=policy.timeout_s + 30)
+        return _finish(store, delivery, verdict=Decision("dead", reason=why), attempt=None)
+    lock = store.lock_attempt(delivery.id, ttl_s=policy.held_s)
     if lock is None:
         return Step()  # another worker is attempting it right now
     try:
-        slot = store.acquire_slot(endpoint.id, limit=policy.endpoint_concurrency, ttl_s=policy.timeout_s + 30)
+        slot = store.acquire_slot(endpoint.id, limit=policy.endpoint_concurrency, ttl_s=policy.held_s)
         if slot is None:  # this receiver already has its share of io threads
             wait = 0.5 + random.random()
             store.postpone(delivery.id, until=now + wait)
@@ -161,7 +161,7 @@ def run_delivery(store: WebhookStore, policy: Policy, *, delivery_id: str, sched
 
 
 def attempt_once(delivery: Delivery, *, endpoint: Endpoint, policy: Policy,
-                 send: Sender = post) -> tuple[Attempt, Verdict]:
+                 send: Sender = post) -> tuple[Attempt, Decision]:
     """Sign and send once (the guard runs again: DNS may have changed since the URL was given)."""
     started = time.monotonic()
     status: int | None = None
@@ -194,7 +194,7 @@ def attempt_once(delivery: Delivery, *, endpoint: Endpoint, policy: Policy,
                    retry_in_s=verdict.retry_in), verdict
 
 
-def _finish(store: WebhookStore, delivery: Delivery, *, verdict: Verdict, attempt: Attempt | None) -> Step:
+def _finish(store: WebhookStore, delivery: Delivery, *, verdict: Decision, attempt: Attempt | None) -> Step:
     now = time.time()
 
     def change(d: Delivery) -> None:

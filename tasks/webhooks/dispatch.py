@@ -16,12 +16,12 @@ import redis
 
 from tasks.errors import JobNotFound
 from tasks.events import OUTBOX, PROCESSING, JobEvent
-from tasks.events import key_for as event_key
+from tasks.events import event_key
 from tasks.jobs import Job
 from tasks.present import batch_payload, job_payload
 from tasks.services import Services
 from tasks.webhooks.models import Delivery, Endpoint, WebhookPayload
-from tasks.webhooks.store import WebhookStore, key_for
+from tasks.webhooks.store import WebhookStore, webhook_key
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def drain(rt: Services, *, enqueue: Enqueue) -> int:
     """Handle every event in the outbox; returns how many. Safe to call from many workers at once."""
     handled = 0
     while True:
-        lock = rt.redis.lock(key_for("dispatch-lock"), timeout=LOCK_TTL_S)
+        lock = rt.redis.lock(webhook_key("dispatch-lock"), timeout=LOCK_TTL_S)
         if not lock.acquire(blocking=False):
             return handled  # another dispatcher is draining; it re-checks the outbox when done
         try:

@@ -1,8 +1,9 @@
 """The webhook store on Redis: endpoints, subscriptions, deliveries, the dead-letter list and
-the schedule of pending attempts. Every key comes from ``key_for`` (``pixelmill:webhook:…``).
+the schedule of pending attempts. Every key comes from ``webhook_key`` (``pixelmill:webhook:…``).
 
 Endpoints have no TTL (tenant configuration); subscriptions and deliveries live as long as
-jobs do. Updates that read-modify-write go through one WATCH/MULTI helper each.
+jobs do. Updates that read-modify-write go through the job store's compare-and-set
+(``tasks.transition``), with the index writes that go with them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 
 import redis
 
+from tasks.transition import Transition, Writes
 from tasks.webhooks.models import Delivery, Endpoint, Subscription
 
 PREFIX = "pixelmill"
@@ -33,7 +35,7 @@ return 0
 """
 
 
-def key_for(kind: str, *parts: str) -> str:
+def webhook_key(kind: str, *parts: str) -> str:
     """Every Redis key of the webhook store: ``pixelmill:webhook:<kind>:<parts…>``."""
     return ":".join((PREFIX, "webhook", kind, *parts))
 
@@ -42,9 +44,9 @@ def listener_keys(tenant: str, job_id: str, batch_id: str | None) -> list[str]:
     """The keys whose existence means a webhook may want a job's events: the tenant's standing
     endpoints, the job's own subscription and its batch's (``tasks.webhooks.dispatch.targets``
     reads the same three)."""
-    keys = [key_for("standing", tenant), key_for("subscription", job_id)]
+    keys = [webhook_key("standing", tenant), webhook_key("subscription", job_id)]
     if batch_id:
-        keys.append(key_for("subscription", batch_id))
+        keys.append(webhook_key("subscription", batch_id))
     return keys
 
 
@@ -57,64 +59,59 @@ class WebhookStore:
         self.redis = client
         self.ttl_s = ttl_s
         self._acquire_slot = client.register_script(_ACQUIRE_SLOT)
+        self._transition = Transition(client)
 
     # --- endpoints -------------------------------------------------------------------------
     def create_endpoint(self, endpoint: Endpoint) -> Endpoint:
         with self.redis.pipeline() as pipe:
-            pipe.set(key_for("endpoint", endpoint.id), _dumps(endpoint.to_dict()))
-            pipe.zadd(key_for("endpoints", endpoint.tenant), {endpoint.id: endpoint.created_at})
+            pipe.set(webhook_key("endpoint", endpoint.id), _dumps(endpoint.to_dict()))
+            pipe.zadd(webhook_key("endpoints", endpoint.tenant), {endpoint.id: endpoint.created_at})
             if endpoint.standing:
-                pipe.sadd(key_for("standing", endpoint.tenant), endpoint.id)
-            pipe.set(key_for("url", endpoint.tenant, url_digest(endpoint.url)), endpoint.id)
+                pipe.sadd(webhook_key("standing", endpoint.tenant), endpoint.id)
+            pipe.set(webhook_key("url", endpoint.tenant, url_digest(endpoint.url)), endpoint.id)
             pipe.execute()
         return endpoint
 
     def fetch_endpoint(self, endpoint_id: str) -> Endpoint | None:
-        raw = self.redis.get(key_for("endpoint", endpoint_id))
+        raw = self.redis.get(webhook_key("endpoint", endpoint_id))
         return Endpoint.from_dict(json.loads(raw)) if raw else None
 
     def fetch_endpoints(self, ids: list[str]) -> list[Endpoint]:
         if not ids:
             return []
-        raws = self.redis.mget([key_for("endpoint", i) for i in ids])
+        raws = self.redis.mget([webhook_key("endpoint", i) for i in ids])
         return [Endpoint.from_dict(json.loads(raw)) for raw in raws if raw]
 
     def list_endpoints(self, tenant: str) -> list[Endpoint]:
-        ids = [i.decode() for i in self.redis.zrevrange(key_for("endpoints", tenant), 0, -1)]
+        ids = [i.decode() for i in self.redis.zrevrange(webhook_key("endpoints", tenant), 0, -1)]
         return self.fetch_endpoints(ids)
 
     def standing_endpoints(self, tenant: str) -> list[Endpoint]:
-        return self.fetch_endpoints(sorted(i.decode() for i in self.redis.smembers(key_for("standing", tenant))))
+        return self.fetch_endpoints(sorted(i.decode() for i in self.redis.smembers(webhook_key("standing", tenant))))
 
     def endpoint_for_url(self, tenant: str, url: str) -> Endpoint | None:
-        endpoint_id = self.redis.get(key_for("url", tenant, url_digest(url)))
+        endpoint_id = self.redis.get(webhook_key("url", tenant, url_digest(url)))
         endpoint = self.fetch_endpoint(endpoint_id.decode()) if endpoint_id else None
         return endpoint if endpoint is not None and endpoint.url == url else None
 
     def update_endpoint(self, endpoint_id: str, change: Callable[[Endpoint], None]) -> Endpoint | None:
-        key = key_for("endpoint", endpoint_id)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        return None
-                    endpoint = Endpoint.from_dict(json.loads(raw))
-                    change(endpoint)
-                    pipe.multi()
-                    pipe.set(key, _dumps(endpoint.to_dict()))
-                    pipe.execute()
-                    return endpoint
-                except redis.WatchError:
-                    continue
+        endpoint: Endpoint
+
+        def make(raw: bytes) -> tuple[bytes, Writes]:
+            nonlocal endpoint
+            endpoint = Endpoint.from_dict(json.loads(raw))
+            change(endpoint)
+            return _dumps(endpoint.to_dict()).encode(), Writes()
+
+        done = self._transition.compare_and_set(webhook_key("endpoint", endpoint_id), make)
+        return endpoint if done else None
 
     def delete_endpoint(self, endpoint: Endpoint) -> None:
-        url_key = key_for("url", endpoint.tenant, url_digest(endpoint.url))
+        url_key = webhook_key("url", endpoint.tenant, url_digest(endpoint.url))
         with self.redis.pipeline() as pipe:
-            pipe.delete(key_for("endpoint", endpoint.id))
-            pipe.zrem(key_for("endpoints", endpoint.tenant), endpoint.id)
-            pipe.srem(key_for("standing", endpoint.tenant), endpoint.id)
+            pipe.delete(webhook_key("endpoint", endpoint.id))
+            pipe.zrem(webhook_key("endpoints", endpoint.tenant), endpoint.id)
+            pipe.srem(webhook_key("standing", endpoint.tenant), endpoint.id)
             pipe.execute()
         if self.redis.get(url_key) == endpoint.id.encode():
             self.redis.delete(url_key)
@@ -122,10 +119,10 @@ class WebhookStore:
     # --- subscriptions (a job's or a batch's own webhook) -------------------------------------
     def save_subscription(self, subject_id: str, subscription: Subscription) -> None:
         data = {"endpoint_id": subscription.endpoint_id, "events": list(subscription.events)}
-        self.redis.set(key_for("subscription", subject_id), _dumps(data), ex=self.ttl_s)
+        self.redis.set(webhook_key("subscription", subject_id), _dumps(data), ex=self.ttl_s)
 
     def fetch_subscription(self, subject_id: str | None) -> Subscription | None:
-        raw = self.redis.get(key_for("subscription", subject_id)) if subject_id else None
+        raw = self.redis.get(webhook_key("subscription", subject_id)) if subject_id else None
         if raw is None:
             return None
         data = json.loads(raw)
@@ -134,10 +131,10 @@ class WebhookStore:
     # --- deliveries ----------------------------------------------------------------------------
     def create_delivery(self, delivery: Delivery) -> bool:
         """Write a new delivery with its indexes, atomically; False if it already exists."""
-        key = key_for("delivery", delivery.id)
-        order = key_for("order", delivery.subject, delivery.endpoint_id)
-        by_subject = key_for("subject", delivery.subject)
-        by_endpoint = key_for("endpoint-deliveries", delivery.endpoint_id)
+        key = webhook_key("delivery", delivery.id)
+        order = webhook_key("order", delivery.subject, delivery.endpoint_id)
+        by_subject = webhook_key("subject", delivery.subject)
+        by_endpoint = webhook_key("endpoint-deliveries", delivery.endpoint_id)
         with self.redis.pipeline() as pipe:
             while True:
                 try:
@@ -151,69 +148,63 @@ class WebhookStore:
                         pipe.expire(list_key, self.ttl_s)
                     pipe.zadd(by_endpoint, {delivery.id: delivery.created_at})
                     pipe.zremrangebyrank(by_endpoint, 0, -ENDPOINT_DELIVERIES_KEPT - 1)
-                    pipe.zadd(key_for("pending"), {delivery.id: delivery.next_attempt_at})
+                    pipe.zadd(webhook_key("pending"), {delivery.id: delivery.next_attempt_at})
                     pipe.execute()
                     return True
                 except redis.WatchError:
                     continue
 
     def fetch_delivery(self, delivery_id: str) -> Delivery | None:
-        raw = self.redis.get(key_for("delivery", delivery_id))
+        raw = self.redis.get(webhook_key("delivery", delivery_id))
         return Delivery.from_dict(json.loads(raw)) if raw else None
 
     def fetch_deliveries(self, ids: list[str]) -> list[Delivery]:
         if not ids:
             return []
-        raws = self.redis.mget([key_for("delivery", i) for i in ids])
+        raws = self.redis.mget([webhook_key("delivery", i) for i in ids])
         return [Delivery.from_dict(json.loads(raw)) for raw in raws if raw]
 
     def update_delivery(self, delivery_id: str, change: Callable[[Delivery], None]) -> Delivery | None:
         """Change a delivery and keep the pending schedule and the dead-letter list in step."""
-        key = key_for("delivery", delivery_id)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(key)
-                    raw = pipe.get(key)
-                    if raw is None:
-                        return None
-                    delivery = Delivery.from_dict(json.loads(raw))
-                    change(delivery)
-                    pipe.multi()
-                    pipe.set(key, _dumps(delivery.to_dict()), keepttl=True)
-                    dead = key_for("dead", delivery.tenant)
-                    if delivery.status == "pending":
-                        pipe.zadd(key_for("pending"), {delivery.id: delivery.next_attempt_at})
-                        pipe.zrem(dead, delivery.id)
-                    else:
-                        pipe.zrem(key_for("pending"), delivery.id)
-                    if delivery.status == "dead":
-                        pipe.zadd(dead, {delivery.id: delivery.dead_at or time.time()})
-                        pipe.zremrangebyrank(dead, 0, -DEAD_KEPT - 1)
-                    pipe.execute()
-                    return delivery
-                except redis.WatchError:
-                    continue
+        delivery: Delivery
+
+        def make(raw: bytes) -> tuple[bytes, Writes]:
+            nonlocal delivery
+            delivery = Delivery.from_dict(json.loads(raw))
+            change(delivery)
+            writes, dead = Writes(), webhook_key("dead", delivery.tenant)
+            if delivery.status == "pending":
+                writes.zadd(webhook_key("pending"), {delivery.id: delivery.next_attempt_at})
+                writes.zrem(dead, delivery.id)
+            else:
+                writes.zrem(webhook_key("pending"), delivery.id)
+            if delivery.status == "dead":
+                writes.zadd(dead, {delivery.id: delivery.dead_at or time.time()})
+                writes.zremrangebyrank(dead, 0, -DEAD_KEPT - 1)
+            return _dumps(delivery.to_dict()).encode(), writes
+
+        done = self._transition.compare_and_set(webhook_key("delivery", delivery_id), make)
+        return delivery if done else None
 
     def deliveries_for_subject(self, subject_id: str) -> list[Delivery]:
-        ids = [i.decode() for i in self.redis.lrange(key_for("subject", subject_id), 0, -1)]
+        ids = [i.decode() for i in self.redis.lrange(webhook_key("subject", subject_id), 0, -1)]
         return self.fetch_deliveries(ids)
 
     def deliveries_for_endpoint(self, endpoint_id: str, *, limit: int = 100) -> list[Delivery]:
-        ids = [i.decode() for i in self.redis.zrevrange(key_for("endpoint-deliveries", endpoint_id), 0, limit - 1)]
+        ids = [i.decode() for i in self.redis.zrevrange(webhook_key("endpoint-deliveries", endpoint_id), 0, limit - 1)]
         return self.fetch_deliveries(ids)
 
     def dead_letters(self, tenant: str, *, limit: int = 100) -> list[Delivery]:
-        ids = [i.decode() for i in self.redis.zrevrange(key_for("dead", tenant), 0, limit - 1)]
+        ids = [i.decode() for i in self.redis.zrevrange(webhook_key("dead", tenant), 0, limit - 1)]
         found = self.fetch_deliveries(ids)
         gone = set(ids) - {d.id for d in found}
         if gone:  # expired with their job: drop them from the list
-            self.redis.zrem(key_for("dead", tenant), *gone)
+            self.redis.zrem(webhook_key("dead", tenant), *gone)
         return [d for d in found if d.status == "dead"]
 
     def neighbours(self, delivery: Delivery) -> tuple[Delivery | None, Delivery | None]:
         """The deliveries of the same subject to the same endpoint just before and after this one."""
-        ids = [i.decode() for i in self.redis.lrange(key_for("order", delivery.subject, delivery.endpoint_id), 0, -1)]
+        ids = [i.decode() for i in self.redis.lrange(webhook_key("order", delivery.subject, delivery.endpoint_id), 0, -1)]
         if delivery.id not in ids:
             return None, None
         at = ids.index(delivery.id)
@@ -223,30 +214,30 @@ class WebhookStore:
 
     def postpone(self, delivery_id: str, *, until: float) -> None:
         """Move a waiting delivery's place in the schedule (the sweep leaves it alone till then)."""
-        self.redis.zadd(key_for("pending"), {delivery_id: until}, xx=True)
+        self.redis.zadd(webhook_key("pending"), {delivery_id: until}, xx=True)
 
     def due(self, *, before: float, limit: int = 500) -> list[str]:
         """Pending deliveries whose time is long past: their task message may have been lost."""
-        return [i.decode() for i in self.redis.zrangebyscore(key_for("pending"), "-inf", before, start=0, num=limit)]
+        return [i.decode() for i in self.redis.zrangebyscore(webhook_key("pending"), "-inf", before, start=0, num=limit)]
 
     # --- coordination --------------------------------------------------------------------------
     def lock_attempt(self, delivery_id: str, *, ttl_s: float) -> redis.lock.Lock | None:
-        lock = self.redis.lock(key_for("lock", delivery_id), timeout=ttl_s)
+        lock = self.redis.lock(webhook_key("lock", delivery_id), timeout=ttl_s)
         return lock if lock.acquire(blocking=False) else None
 
     def acquire_slot(self, endpoint_id: str, *, limit: int, ttl_s: float) -> str | None:
         """One of ``limit`` in-flight slots of an endpoint (each expires after ``ttl_s``)."""
         token = uuid.uuid4().hex
         now = time.time()
-        ok = self._acquire_slot(keys=[key_for("inflight", endpoint_id)], args=[now, now + ttl_s, token, limit])
+        ok = self._acquire_slot(keys=[webhook_key("inflight", endpoint_id)], args=[now, now + ttl_s, token, limit])
         return token if ok else None
 
     def release_slot(self, endpoint_id: str, token: str) -> None:
-        self.redis.zrem(key_for("inflight", endpoint_id), token)
+        self.redis.zrem(webhook_key("inflight", endpoint_id), token)
 
     def once_every(self, name: str, *, seconds: int) -> bool:
         """True at most once per ``seconds`` across every process (for the sweep)."""
-        return bool(self.redis.set(key_for("once", name), "1", nx=True, ex=seconds))
+        return bool(self.redis.set(webhook_key("once", name), "1", nx=True, ex=seconds))
 
 
 def _dumps(data: dict) -> str:

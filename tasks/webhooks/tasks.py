@@ -20,8 +20,7 @@ from tasks.webhooks.dispatch import drain
 
 log = logging.getLogger(__name__)
 
-SWEEP_EVERY_S = 30
-SWEEP_GRACE_S = 60  # a pending delivery this far past its time has lost its task message
+SWEEP_EVERY_S = 10
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError)
 
 
@@ -60,11 +59,14 @@ def kick(settings: Settings) -> None:
 
 
 def sweep(rt: Services) -> int:
-    """Re-enqueue pending deliveries whose task message was lost (at most every 30 s)."""
+    """Re-enqueue pending deliveries whose task message was lost, or whose io worker died in the
+    middle of an attempt (at most every 10 s): those past their time by more than an attempt's
+    lock lives, so that the lock of a dead worker has lapsed when the new message runs."""
     if not rt.webhooks.once_every("sweep", seconds=SWEEP_EVERY_S):
         return 0
     revived = 0
-    for delivery_id in rt.webhooks.due(before=time.time() - SWEEP_GRACE_S):
+    grace_s = Policy.from_settings(rt.settings).held_s
+    for delivery_id in rt.webhooks.due(before=time.time() - grace_s):
         delivery = rt.webhooks.fetch_delivery(delivery_id)
         if delivery is not None and delivery.status == "pending":
             enqueue_delivery(rt.settings, delivery.id, delivery.schedule)

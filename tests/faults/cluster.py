@@ -27,8 +27,23 @@ def rabbitmq_available() -> bool:
     return subprocess.run(["rabbitmqctl", "status"], capture_output=True, timeout=30).returncode == 0
 
 
+# Short limits, so that a lost message returns in seconds; `defaults=False` keeps `make run`'s own
+# (at least one test of each kind of fault runs with those: tests/faults/test_defaults.py).
+SHORT_LIMITS = {
+    # Kept in order (visibility > hard > soft) and short, so a lost message returns quickly.
+    "PIXELMILL_TASK_SOFT_TIME_LIMIT": "10",
+    "PIXELMILL_TASK_TIME_LIMIT": "12",
+    "PIXELMILL_VISIBILITY_TIMEOUT": "15",
+    "PIXELMILL_UNACKED_RESTORE_INTERVAL_S": "2",
+    "PIXELMILL_WEBHOOK_BACKOFF_BASE_S": "0.5",
+    "PIXELMILL_WEBHOOK_BACKOFF_MAX_S": "2",
+    "PIXELMILL_WEBHOOK_TIMEOUT_S": "2",
+    "PIXELMILL_REAPER_INTERVAL_S": "3",
+}
+
+
 class Cluster:
-    def __init__(self, root: Path, *, broker: str, model: Path, **settings: str) -> None:
+    def __init__(self, root: Path, *, broker: str, model: Path, short_limits: bool = True, **settings: str) -> None:
         self.root, self.broker = root, broker
         self.redis = RedisServer(data_dir=root / "redis").start()
         self.vhost = None
@@ -37,18 +52,10 @@ class Cluster:
             "PIXELMILL_REDIS_URL": self.redis.url,
             "PIXELMILL_DATA_DIR": str(root / "data"),
             "PIXELMILL_DIFFUSION_MODEL": str(model),
-            # Kept in order (visibility > hard > soft) and short, so a lost message returns quickly.
-            "PIXELMILL_TASK_SOFT_TIME_LIMIT": "10",
-            "PIXELMILL_TASK_TIME_LIMIT": "12",
-            "PIXELMILL_VISIBILITY_TIMEOUT": "15",
-            "PIXELMILL_UNACKED_RESTORE_INTERVAL_S": "2",
             "PIXELMILL_PRELOAD_MODELS": "1",  # as gpu workers do: load before taking work
             "PIXELMILL_WEBHOOK_ALLOW_PRIVATE": "1",  # the event receiver below is on loopback
-            "PIXELMILL_WEBHOOK_BACKOFF_BASE_S": "0.5",
-            "PIXELMILL_WEBHOOK_BACKOFF_MAX_S": "2",
-            "PIXELMILL_WEBHOOK_TIMEOUT_S": "2",
-            "PIXELMILL_REAPER_INTERVAL_S": "3",
             "HF_HUB_OFFLINE": "1",
+            **(SHORT_LIMITS if short_limits else {}),
         })
         if broker == "rabbitmq":
             self.vhost = f"pixelmill-test-{uuid.uuid4().hex[:8]}"
@@ -62,9 +69,10 @@ class Cluster:
         self.base_url: str | None = None
         self.receiver: EventReceiver | None = None
 
-    def listen_for_events(self) -> "EventReceiver":
-        """A webhook receiver on loopback; jobs submitted from now on report job.completed to it."""
-        self.receiver = EventReceiver()
+    def listen_for_events(self, *, delay_s: float = 0.0) -> "EventReceiver":
+        """A webhook receiver on loopback; jobs submitted from now on report job.completed to it.
+        It answers each request after ``delay_s``, so that deliveries can be caught in flight."""
+        self.receiver = EventReceiver(delay_s=delay_s)
         return self.receiver
 
     # --- processes ------------------------------------------------------------------------
@@ -88,9 +96,9 @@ class Cluster:
 
     def start_io_worker(self) -> subprocess.Popen:
         """Webhook deliveries run here, as in `make run`: never on a stage worker."""
-        from stack.supervisor import IO_WORKER_ENV
+        from stack.supervisor import THREADS_WORKER_ENV
 
-        return self.start_worker(name="io", queues="io", concurrency=4, pool="threads", extra_env=IO_WORKER_ENV)
+        return self.start_worker(name="io", queues="io", concurrency=4, pool="threads", extra_env=THREADS_WORKER_ENV)
 
     def start_reaper(self) -> subprocess.Popen:
         """As in `make run`: expires late jobs, re-enqueues stuck ones, drains the event outbox."""
@@ -231,18 +239,21 @@ def _rabbitmqctl(*args: str) -> None:
 class EventReceiver:
     """Counts distinct job.completed events (by webhook-id) per job, as a deduping receiver would."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, delay_s: float = 0.0) -> None:
         import json
         import threading
         from collections import defaultdict
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         self.completed: dict[str, set[str]] = defaultdict(set)
+        self.requests = 0  # every POST that arrived, answered or not
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                receiver.requests += 1
+                time.sleep(delay_s)
                 if body["type"] == "job.completed":
                     receiver.completed[body["data"]["id"]].add(self.headers["webhook-id"])
                 self.send_response(204)

@@ -7,14 +7,14 @@ import json
 
 import pytest
 
-from tasks.store import key_for
+from tasks.store import store_key
 from tests.conftest import encode, photo
 
 pytestmark = pytest.mark.integration
 
 
 def _jobs_in_store(redis_client) -> int:
-    return len(redis_client.keys(key_for("job", "*")))
+    return len(redis_client.keys(store_key("job", "*")))
 
 
 @pytest.mark.parametrize(("data", "status", "code", "fragment"), [
@@ -64,7 +64,7 @@ def test_submission_returns_at_once_without_workers(client):
 
 
 def test_healthz_and_pages(client):
-    assert client.get("/healthz").get_json() == {"status": "ok", "redis": "ok"}
+    assert client.get("/healthz").get_json() == {"status": "ok", "redis": "ok", "restarts": {}}
     for page in ("/", "/gallery"):
         response = client.get(page)
         assert response.status_code == 200 and b"pixelmill" in response.data

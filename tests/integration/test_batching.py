@@ -14,6 +14,7 @@ import torch
 
 from safety.validate import decode_png
 from tests.conftest import encode, photo, wait_for_job
+from tasks.worker_runtime import WorkerRuntime
 from workers.diffusion import GenerateParams
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,7 @@ def test_concurrent_jobs_share_generate_calls_and_keep_their_own_seeds(app, clie
     for g in generate:  # a shared call's device time is split among its members
         assert 0 < g["device_s"] <= g["seconds"] + 0.05
 
-    rt = app.extensions["pixelmill"]
+    rt = WorkerRuntime(app.extensions["pixelmill"].settings)  # the engine as a worker loads it
     engine = rt.diffusion().engine
     for i, job_id in enumerate(ids):  # the image each seed gives alone, in this process
         record = rt.store.fetch(job_id)

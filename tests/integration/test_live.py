@@ -19,7 +19,8 @@ import torch
 from werkzeug.serving import make_server
 
 from tasks.jobs import Batch, Job, JobParams, new_id
-from tasks.live import RESYNC, LiveHub, channel_for, pubsub_client
+from tasks.live import channel_for
+from web.live_hub import RESYNC, LiveHub, pubsub_client
 from tasks.pipeline import enqueue
 from tasks.settings import Settings
 from tests.conftest import encode, photo

@@ -6,6 +6,7 @@ moved through their stages with the store's own transition methods."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import time
@@ -25,7 +26,9 @@ from tasks.jobs import JobParams, JobStatus
 from tasks.settings import Settings
 from tasks.webhooks.models import Attempt, Delivery
 from tests.conftest import encode, photo, routes_to
-from web import openapi, schemas
+from tasks.present import View
+from web import api, openapi
+from web.dashboard import Stats
 
 pytestmark = pytest.mark.integration
 
@@ -64,14 +67,30 @@ def _image(size: int = 64) -> tuple[io.BytesIO, str]:
 
 def test_every_api_route_is_described_and_nothing_else(app):
     routes = openapi.routes(app)
-    described = {(op.method, op.path) for op in openapi.OPERATIONS}
+    described = {(op.method, op.path) for op in openapi.published(app)}
     missing = sorted(routes - described)
-    assert not missing, f"routes without a description: add an Operation to web.openapi.OPERATIONS for {missing}"
+    assert not missing, f"routes without a description: declare @operation(...) (web.openapi) on the view of {missing}"
     spec = app.test_client().get(openapi.SPEC_PATH).get_json()
-    published = {(method, path) for path, methods in spec["paths"].items() for method in methods}
-    assert published == routes  # a row described ahead of its route stays out until the route lands
-    ids = [op.operation_id for op in openapi.OPERATIONS]
+    assert {(method, path) for path, methods in spec["paths"].items() for method in methods} == routes
+    ids = [op.operation_id for op in openapi.published(app)]
     assert len(ids) == len(set(ids))
+
+
+def test_a_view_answers_only_the_model_and_headers_it_declares():
+    from flask import Flask
+
+    error = openapi.ErrorResponse(error={"code": "c", "message": "m"})
+    answers = iter([(error, {"Location": "/x"}), error, (error.error, {"Location": "/x"})])
+    app = Flask(__name__)
+    app.testing = True
+    app.add_url_rule("/api/v1/error", view_func=openapi.operation(
+        "showError", "service", "An error", ok=(201, openapi.Json(openapi.ErrorResponse)),
+        headers={"Location": "the error"})(lambda: next(answers)))
+    response = app.test_client().get("/api/v1/error")
+    assert (response.status_code, response.headers["Location"], response.get_json()) == (201, "/x", error.model_dump())
+    for _ in range(2):  # without the declared Location header; then another model than the declared one
+        with pytest.raises(TypeError, match="showError is declared to answer ErrorResponse"):
+            app.test_client().get("/api/v1/error")
 
 
 def test_the_document_is_openapi_3_1_with_the_error_shape_and_the_key(app):
@@ -144,13 +163,17 @@ def test_docs_page_lists_every_operation_with_an_example(app):
 
 # --- real payloads fit the published models -----------------------------------------------------
 
+@functools.cache
+def _declared() -> dict[tuple[str, str], openapi.Operation]:
+    return {(op.method, op.path): op for op in openapi.published(_app())}
+
+
 def _check(response, method: str, path: str, *, status: int | None = None) -> dict:
     """The answer has the documented success status and validates against the documented model."""
-    op = next(op for op in openapi.OPERATIONS if (op.method, op.path) == (method, path))
-    expected, what = op.ok
+    expected, what = _declared()[method, path].ok
     assert response.status_code == (status or expected), response.get_data(as_text=True)[:500]
     if response.status_code >= 400:
-        return schemas.ErrorResponse.model_validate(response.get_json()).model_dump()
+        return openapi.ErrorResponse.model_validate(response.get_json()).model_dump()
     if isinstance(what, openapi.Json):
         body = response.get_json()
         what.model.model_validate(body)  # forbids unknown fields: a payload that changed shape fails here
@@ -230,7 +253,7 @@ def test_real_job_and_batch_payloads_fit_the_models(app):
         _check(stream, "get", "/api/v1/jobs/{job_id}/events")
         events = _sse(stream.get_data(as_text=True))
         snapshot = next(data for name, data in events if name == "job")
-        schemas.JobDetail.model_validate(snapshot)
+        api.JobDetail.model_validate(snapshot)
         assert events[-1][0] == "end"
 
 
@@ -296,7 +319,7 @@ def test_every_error_answer_fits_the_error_model(app):
     for response in (client.get("/api/v1/jobs/nope"), client.post("/api/v1/jobs"),
                      client.get("/api/v1/jobs?limit=0"), client.post("/api/v1/webhooks", json={"url": ""})):
         assert 400 <= response.status_code < 500
-        schemas.ErrorResponse.model_validate(response.get_json())
+        openapi.ErrorResponse.model_validate(response.get_json())
 
 
 # --- what the fuzzing found (each was a 500) ----------------------------------------------------
@@ -365,10 +388,11 @@ def test_schemathesis_finds_no_server_error_and_no_undocumented_answer(case, sec
                                    response_schema_conformance])
 
 
-def _models() -> list[type[BaseModel]]:
-    return [m for m in vars(schemas).values() if isinstance(m, type) and issubclass(m, schemas.Out)]
+def _models(kind: type[BaseModel] = View) -> list[type[BaseModel]]:
+    return [m for sub in kind.__subclasses__() for m in (sub, *_models(sub))]
 
 
 def test_response_models_forbid_unknown_fields():
-    """So the payload tests above catch drift: a field added to a payload but not to its model."""
-    assert all(m.model_config.get("extra") == "forbid" for m in _models())
+    """So a payload cannot gain a field that its published model lacks (the stats are loose on purpose)."""
+    models = [m for m in _models() if m is not Stats]
+    assert len(models) > 30 and all(m.model_config.get("extra") == "forbid" for m in models)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cache.latents import key_for as latent_redis_key
+from cache.latents import latent_redis_key
 from tests.conftest import encode, photo, wait_for_job
 
 pytestmark = pytest.mark.integration

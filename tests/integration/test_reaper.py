@@ -13,7 +13,7 @@ import pytest
 
 from tasks.reaper import broker_started_at, reap
 from tasks.settings import Settings
-from tasks.store import key_for
+from tasks.store import store_key
 from tests.conftest import encode, photo, routes_to
 
 pytestmark = pytest.mark.integration
@@ -44,7 +44,7 @@ def _waiting(redis_client) -> list[str]:
 
 
 def _age(redis_client, job_id: str, *, updated_at: float) -> None:
-    key = key_for("job", job_id)
+    key = store_key("job", job_id)
     record = json.loads(redis_client.get(key))
     record["updated_at"] = updated_at
     redis_client.set(key, json.dumps(record), keepttl=True)
@@ -68,3 +68,60 @@ def test_a_job_that_waited_across_a_broker_restart_is_enqueued_again(app, redis_
     assert before in report.requeued and after not in report.requeued
     assert _waiting(redis_client) == [before]  # its chain again, from its first stage
     assert reap(rt).requeued == []  # once: the requeue is a change after the restart
+
+
+def _in_flight(app, redis_client, *, lease: str | None) -> str:
+    """A job whose encode started with ``lease`` as its holder (None: no lease at all)."""
+    rt = app.extensions["pixelmill"]
+    job_id = _submit(app)
+    rt.store.start_stage(job_id, "encode", queue="cpu", worker="w@h",
+                         lease=(lease, 30) if lease else None)
+    redis_client.delete(PARKED)
+    return job_id
+
+
+def test_a_stage_held_by_a_live_worker_is_left_alone(app, redis_client):
+    from tasks.leases import current_holder, lease_key
+
+    job_id = _in_flight(app, redis_client, lease=str(current_holder()))  # this very process: alive
+    assert 0 < redis_client.ttl(lease_key(job_id, "encode")) <= 30
+    assert job_id not in reap(app.extensions["pixelmill"]).requeued
+    assert _waiting(redis_client) == []
+
+
+@pytest.mark.parametrize("why", ["lapsed", "holder gone"])
+def test_a_stage_whose_worker_is_gone_is_enqueued_again_once(app, redis_client, why):
+    import subprocess
+    import sys
+
+    from tasks.leases import Holder, current_holder
+
+    if why == "lapsed":
+        holder = None  # its lease expired: no renewal for stage_lease_s
+    else:  # a process of this machine that has exited (a killed worker)
+        dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+        holder = str(Holder(current_holder().hostname, int(dead.stdout), "0123456789ab"))
+    rt = app.extensions["pixelmill"]
+    job_id = _in_flight(app, redis_client, lease=holder)
+
+    report = reap(rt)
+
+    assert job_id in report.requeued
+    assert _waiting(redis_client) == [job_id]  # its chain again, from the stage in flight
+    job = rt.store.fetch(job_id)
+    assert job.stages["encode"].requeued_at and not job.stages["encode"].is_in_flight()
+    assert reap(rt).requeued == []  # it waits for that message now, not for a lease
+
+
+def test_the_finish_of_a_stage_drops_its_lease(app, redis_client):
+    from tasks.leases import current_holder, lease_key
+
+    job_id = _in_flight(app, redis_client, lease=str(current_holder()))
+    app.extensions["pixelmill"].store.finish_stage(job_id, "encode", outputs={})
+    assert not redis_client.exists(lease_key(job_id, "encode"))
+
+
+def test_the_default_limits_recover_a_dead_worker_in_well_under_a_minute():
+    defaults = Settings()
+    assert defaults.stage_lease_s + defaults.reaper_interval_s <= 45
+    assert defaults.visibility_timeout >= 3600  # still the last resort, untouched

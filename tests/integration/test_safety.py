@@ -12,7 +12,7 @@ from PIL import Image
 
 from safety.policy import Action, AuditPolicy
 from tasks.settings import Settings
-from tasks.store import key_for
+from tasks.store import store_key
 from tests.conftest import encode, photo, wait_for_job
 from tests.unit.test_validate import ACCEPTED, REJECTED
 
@@ -42,7 +42,7 @@ def tenants(secure_app):
         keys[tenant] = {"Authorization": f"Bearer {plaintext}"}
     yield keys
     for tenant in ("alpha", "beta"):
-        store.redis.delete(key_for("tenant", tenant, "policy"))
+        store.redis.delete(store_key("tenant", tenant, "policy"))
 
 
 def _submit(client, headers, image: bytes, **params):
@@ -200,7 +200,7 @@ def test_rate_limit_and_active_job_cap_answer_429(redis_server):
     store = app.extensions["pixelmill"].tenants
     _, plaintext = store.create_key(tenant="gamma")
     headers, client, image = {"Authorization": f"Bearer {plaintext}"}, app.test_client(), encode(photo(size=64))
-    store.redis.delete(*store.redis.keys(key_for("rate", "gamma", "*")) or ["none"])
+    store.redis.delete(*store.redis.keys(store_key("rate", "gamma", "*")) or ["none"])
     codes = [_submit(client, headers, image).status_code for _ in range(3)]
     if codes != [202, 202, 429]:  # the minute may have turned between two calls: try once more
         codes = [_submit(client, headers, image).status_code for _ in range(3)]

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from tasks.errors import InvalidTransition, JobNotFound
 from tasks.jobs import ALLOWED, TERMINAL, Job, JobParams, JobStatus, can_move
-from tasks.store import JobStore, key_for
+from tasks.store import JobStore, store_key
 
 
 @pytest.mark.parametrize("status", list(JobStatus))
@@ -59,7 +59,7 @@ def test_store_round_trip_and_transitions(redis_client):
     store = JobStore(redis_client, ttl_s=60)
     job = store.create(_job())
     assert store.fetch(job.id).status is JobStatus.QUEUED
-    assert 0 < redis_client.ttl(key_for("job", job.id)) <= 60
+    assert 0 < redis_client.ttl(store_key("job", job.id)) <= 60
 
     store.start_stage(job.id, "encode", queue="cpu", worker="w1")
     done = store.finish_stage(job.id, "encode", outputs={"normalized": "a" * 64 + ".png"})
@@ -73,7 +73,7 @@ def test_store_round_trip_and_transitions(redis_client):
     final = store.finish_stage(job.id, "audit", outputs={"result": "b" * 64 + ".png"},
                                end=JobStatus.SUCCEEDED, audit={"verdict": "pass"})
     assert final.status is JobStatus.SUCCEEDED and final.finished_at and final.audit == {"verdict": "pass"}
-    assert 0 < redis_client.ttl(key_for("job", job.id)) <= 60  # TTL kept through updates
+    assert 0 < redis_client.ttl(store_key("job", job.id)) <= 60  # TTL kept through updates
 
     with pytest.raises(InvalidTransition):
         store.fail(job.id, code="x", message="too late")
@@ -113,7 +113,7 @@ def test_a_transition_on_a_stale_record_is_made_again_on_the_current_one(redis_c
 def test_writes_that_fail_do_not_undo_the_transition(redis_client, caplog):
     store = JobStore(redis_client)
     job = store.create(_job())
-    redis_client.set(key_for("progress", job.id), "not a hash")  # finish deletes it: fine
+    redis_client.set(store_key("progress", job.id), "not a hash")  # finish deletes it: fine
     redis_client.set("pixelmill:metrics:active", "not a hash")  # count_transition's HSET fails
     try:
         store.start_stage(job.id, "encode", queue="cpu", worker="w")
@@ -133,3 +133,19 @@ def test_progress_and_recent(redis_client):
     recent_ids = [job.id for job in store.recent("t1", limit=3)]
     assert recent_ids == [job.id for job in reversed(jobs)]
     assert store.recent("someone-else") == []
+
+
+def test_lease_holders_round_trip_and_a_dead_local_process_is_gone():
+    import subprocess
+    import sys
+
+    from tasks.leases import Holder, current_holder
+
+    me = current_holder()
+    assert Holder.parse(str(me)) == me and not me.is_gone()
+    assert Holder.parse("garbage") is None
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True).stdout)
+    assert Holder(me.hostname, dead, "x").is_gone()
+    assert not Holder("another-machine", dead, "x").is_gone()  # judged by its lease's TTL instead
+    assert Holder(me.hostname, me.pid, "an-earlier-incarnation").is_gone()

@@ -15,7 +15,7 @@ from tasks.cost import Cost, job_cost, per_image, stage_cost_usd, total_cost
 from tasks.errors import InvalidTransition
 from tasks.jobs import Batch, Job, JobParams, JobStatus
 from tasks.metrics import (BUCKETS, MINUTE_TTL_S, Aggregate, Histogram, bucket_index, fetch_active, fetch_minutes,
-                           fetch_totals, key_for, minute_of, record_webhook, stage_metrics, window)
+                           fetch_totals, metrics_key, minute_of, record_webhook, stage_metrics, window)
 from tasks.present import batch_payload, job_payload
 from tasks.settings import Settings
 from tasks.store import JobStore
@@ -119,7 +119,7 @@ def test_a_stage_records_latency_device_time_and_cost_in_totals_and_its_minute(m
     assert first.completed("generate") == 1 and first.completed("audit") == 1 and second.completed("generate") == 1
     assert minutes[0][1].completed("generate") == 0
     assert window(minutes).stage_histogram("generate").count == 2
-    ttl = metrics_redis.ttl(key_for("minute", str(minute_of(now))))
+    ttl = metrics_redis.ttl(metrics_key("minute", str(minute_of(now))))
     assert 0 < ttl <= MINUTE_TTL_S
 
 

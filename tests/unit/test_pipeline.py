@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from cache.keys import latent_key, pixels_digest
 from cache.latents import LatentStore
-from cache.latents import key_for as latent_redis_key
+from cache.latents import latent_redis_key
 from tasks.blobs import BlobNotFound, BlobStore
 from tasks.jobs import Job, JobParams
 from tasks.pipeline import build_chain, route_for

@@ -6,13 +6,14 @@ import pytest
 import redis
 import torch
 
-from tasks.stages.base import MAX_RETRIES, TRANSIENT, backoff
+from tasks.backoff import backoff_s
+from tasks.stages.base import MAX_RETRIES, TRANSIENT
 
 
 @pytest.mark.parametrize("retries", range(12))
 def test_backoff_grows_with_jitter_and_a_cap(retries):
     delay = min(60.0, 2.0 ** retries)
-    samples = [backoff(retries) for _ in range(200)]
+    samples = [backoff_s(retries, base_s=1.0, cap_s=60.0) for _ in range(200)]
     assert all(delay / 2 <= s <= delay for s in samples)
     assert len({round(s, 6) for s in samples}) > 100  # jittered: retries do not come back together
 

@@ -17,7 +17,8 @@ from tasks.events import OUTBOX, PROCESSING, JobEvent, job_events
 from tasks.jobs import Batch, Job, JobParams, JobStatus
 from tasks.settings import get_settings
 from tasks.store import JobStore
-from tasks.webhooks.deliver import Policy, backoff, judge, parse_retry_after, run_delivery
+from tasks.backoff import backoff_s
+from tasks.webhooks.deliver import Policy, judge, parse_retry_after, run_delivery
 from tasks.webhooks.dispatch import drain, handle_event, targets
 from tasks.webhooks.endpoints import redeliver, subscribe
 from tasks.webhooks.errors import DeliveryConflict, InvalidWebhook, WebhookUrlRefused
@@ -45,8 +46,9 @@ def test_judge(status, tries, outcome, disable):
 
 
 def test_backoff_doubles_with_jitter_and_a_cap():
-    assert [backoff(n, POLICY, rand=lambda: 1.0) for n in range(1, 8)] == [2, 4, 8, 16, 32, 60, 60]
-    assert [backoff(n, POLICY, rand=lambda: 0.0) for n in range(1, 4)] == [1, 2, 4]
+    limits = {"base_s": POLICY.backoff_base_s, "cap_s": POLICY.backoff_max_s}
+    assert [backoff_s(n, **limits, rand=lambda: 1.0) for n in range(0, 7)] == [2, 4, 8, 16, 32, 60, 60]
+    assert [backoff_s(n, **limits, rand=lambda: 0.0) for n in range(0, 3)] == [1, 2, 4]
 
 
 def test_retry_after_is_honoured_and_capped():

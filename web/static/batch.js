@@ -54,52 +54,16 @@
     img.classList.remove('faded');
   }
 
-  let polling = false;
-  function poll() {
-    if (polling) return;
-    polling = true;
-    (async function tick() {
-      try {
-        const response = await fetch(root.dataset.api, { headers: { Accept: 'application/json' } });
-        if (response.ok) {
-          const batch = await response.json();
-          renderBatch(batch);
-          if (batch.status === 'done') return;
-        }
-      } catch (e) { /* server restarting: keep trying */ }
-      setTimeout(tick, 1500);
-    })();
-  }
-
-  function live() {
-    let source;
-    try {
-      source = new EventSource(root.dataset.events);
-    } catch (e) {
-      poll();
-      return;
-    }
-    let heard = false;
-    let failures = 0;
-    source.addEventListener('batch', (e) => { heard = true; failures = 0; renderBatch(JSON.parse(e.data)); });
-    source.addEventListener('job', (e) => renderJob(JSON.parse(e.data)));
-    source.addEventListener('progress', (e) => renderProgress(JSON.parse(e.data)));
-    source.addEventListener('preview', (e) => renderPreview(JSON.parse(e.data)));
-    source.addEventListener('end', (e) => {
-      source.close();  // or EventSource would reconnect
-      if (JSON.parse(e.data).reason !== 'finished') setTimeout(live, 500);  // long stream ended: fresh snapshot
-    });
-    source.onerror = () => {
-      failures += 1;
-      if (source.readyState === EventSource.CLOSED || (!heard && failures >= 2) || failures >= 5) {
-        source.close();
-        if (root.dataset.status !== 'done') poll();
-      }
-    };
-    window.addEventListener('pagehide', () => source.close());
-  }
+  const poll = window.pixelmillPoller(root.dataset.api, 1500, (batch) => {
+    renderBatch(batch);
+    return batch.status === 'done';
+  });
 
   if (root.dataset.status === 'done') return;
-  if (window.EventSource && root.dataset.events) live();
-  else poll();
+  if (window.EventSource && root.dataset.events) {
+    window.pixelmillFollow(root.dataset.events, {
+      main: 'batch', poll, isOver: () => root.dataset.status === 'done',
+      handlers: { batch: renderBatch, job: renderJob, progress: renderProgress, preview: renderPreview },
+    });
+  } else poll();
 })();

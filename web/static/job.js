@@ -122,70 +122,32 @@
 
   // Polling: the fallback, and a short watch after the end for the final webhook delivery.
   let settledPolls = 0;
-  let polling = false;
-  function poll() {
-    if (polling) return;
-    polling = true;
-    (async function tick() {
-      try {
-        const response = await fetch(root.dataset.api, { headers: { Accept: 'application/json' } });
-        if (response.ok) {
-          const job = await response.json();
-          render(job);
-          // after the end, keep watching a little: the final event's delivery follows the job's end
-          if (TERMINAL.includes(job.status) && !hasPending(job) && ++settledPolls > 5) { polling = false; return; }
-        }
-      } catch (e) { /* server restarting: keep trying */ }
-      setTimeout(tick, 700);
-    })();
-  }
+  const poll = window.pixelmillPoller(root.dataset.api, 700, (job) => {
+    render(job);
+    // after the end, keep watching a little: the final event's delivery follows the job's end
+    return TERMINAL.includes(job.status) && !hasPending(job) && ++settledPolls > 5;
+  });
 
   function afterEnd() {
     if (hasWebhook(current)) poll();  // deliveries are not in the stream: follow them a little longer
   }
 
-  function live() {
-    let source;
-    try {
-      source = new EventSource(root.dataset.events);
-    } catch (e) {
-      poll();
-      return;
-    }
-    let heard = false;
-    let failures = 0;
-    source.addEventListener('job', (e) => {
-      heard = true;
-      failures = 0;
-      const snapshot = !current.stages;
-      const job = JSON.parse(e.data);
-      // the snapshot carries webhook details; later job events do not: keep what the page has
-      if (!snapshot) { job.webhook = job.webhook || current.webhook; }
-      render(job);
-    });
-    source.addEventListener('progress', (e) => {
-      const p = JSON.parse(e.data);
-      if (!TERMINAL.includes(current.status)) renderProgress(p);
-    });
-    source.addEventListener('preview', (e) => showPreview(JSON.parse(e.data)));
-    source.addEventListener('end', (e) => {
-      source.close();  // or EventSource would reconnect
-      const end = JSON.parse(e.data);
-      if (end.reason === 'finished') afterEnd();
-      else setTimeout(live, 500);  // the server ends long streams: follow on with a fresh snapshot
-    });
-    source.onerror = () => {
-      // CLOSED: refused (404, 503, not an event stream); CONNECTING: the browser retries by itself
-      failures += 1;
-      if (source.readyState === EventSource.CLOSED || (!heard && failures >= 2) || failures >= 5) {
-        source.close();
-        if (!TERMINAL.includes(current.status)) poll();
-      }
-    };
-    window.addEventListener('pagehide', () => source.close());
+  function renderEvent(job) {
+    // the snapshot carries webhook details; later job events do not: keep what the page has
+    if (current.stages) job.webhook = job.webhook || current.webhook;
+    render(job);
   }
 
   const ended = TERMINAL.includes(root.dataset.status);
-  if (!ended && window.EventSource && root.dataset.events) live();
+  if (!ended && window.EventSource && root.dataset.events) {
+    window.pixelmillFollow(root.dataset.events, {
+      main: 'job', poll, isOver: () => TERMINAL.includes(current.status), onFinished: afterEnd,
+      handlers: {
+        job: renderEvent,
+        progress: (p) => { if (!TERMINAL.includes(current.status)) renderProgress(p); },
+        preview: showPreview,
+      },
+    });
+  }
   else if (!ended || document.querySelector('#deliveries-body .delivery-pending')) poll();
 })();
