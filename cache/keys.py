@@ -85,3 +85,30 @@ def result_key(*, latent_ref: str, model: str, revision: str | None, dtype: str,
         return None
     return signature({"kind": "result", "latent": latent_ref, "model": model, "revision": revision,
                       "dtype": dtype, "params": params})
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """Everything that changes a prompt's text-encoder output: the model (and revision), the text
+    encoder's dtype, both prompts, clip_skip and the LoRAs that adapt the text encoder (name,
+    fingerprint, weight) — in order, as they are applied."""
+
+    model: str
+    revision: str | None
+    dtype: str
+    prompt: str
+    negative_prompt: str
+    clip_skip: int = 0
+    text_loras: tuple[tuple[str, str, float], ...] = ()
+
+    def key(self, *, generation: str) -> str:
+        """The entry's key in a scope at a generation (a cleared scope starts a new one)."""
+        fields = asdict(self) | {"text_loras": [list(item) for item in self.text_loras]}
+        return signature({"kind": "prompt", "generation": generation, **fields})
+
+
+def control_key(*, pixels: str, kind: str, annotator: str, shape: tuple[int, ...]) -> str:
+    """The key of a control map: the normalised image's pixels, the map kind and what computes it
+    (an algorithm version, or the depth model and its fingerprint)."""
+    return signature({"kind": "control", "pixels": pixels, "map": kind, "annotator": annotator,
+                      "shape": list(shape)})

@@ -20,8 +20,9 @@ from cache.errors import CacheConfigError
 from cache.fingerprint import Fingerprint, Tolerance, fingerprint
 from cache.hot import HotTier, nbytes
 from cache.index import NearDuplicateIndex
-from cache.keys import EncoderSpec, latent_key_for, signature
+from cache.keys import EncoderSpec, PromptSpec, latent_key_for, signature
 from cache.latents import UNCACHED, LatentStore, encode_latent, make_ref
+from cache.prompts import ControlMapStore, PromptStore, encode_embeds
 from cache.results import ResultStore, StoredResult
 from cache.scopes import Scope
 from cache.singleflight import SingleFlight
@@ -83,6 +84,15 @@ class EncodeOutcome:
         return info
 
 
+@dataclass(frozen=True)
+class PromptOutcome:
+    """A prompt's text-encoder outputs ({"prompt", "negative"}) and where they came from."""
+
+    tensors: dict[str, Any]
+    tier: str | None = None  # hot | redis; None: the text encoder ran
+    stored_bytes: int = 0
+
+
 class LatentCache:
     def __init__(self, backend: Backend, *, config: CacheConfig) -> None:
         config.validate()
@@ -94,6 +104,8 @@ class LatentCache:
                                         tolerance=config.tolerance)
         self.flight = SingleFlight(backend, timeout_s=config.singleflight_timeout_s, lock_ttl_s=config.lock_ttl_s)
         self.results = ResultStore(backend, ttl_s=config.result_ttl_s)
+        self.prompts = PromptStore(backend, ttl_s=config.latent_ttl_s, max_bytes=config.max_entry_bytes)
+        self.controls = ControlMapStore(backend, ttl_s=config.latent_ttl_s)
         self.stats = CacheStats(backend)
 
     # --- scopes ---------------------------------------------------------------------------
@@ -115,7 +127,8 @@ class LatentCache:
         return scopes.clear_scope(self.backend, scope)
 
     def entries(self, scope: Scope) -> dict[str, int | None]:
-        return {kind: scopes.count_entries(self.backend, scope, kind=kind) for kind in ("latent", "result")}
+        return {kind: scopes.count_entries(self.backend, scope, kind=kind)
+                for kind in ("latent", "result", "prompt", "control")}
 
     # --- encode ---------------------------------------------------------------------------
     def fetch_or_compute(self, image: np.ndarray, *, spec: EncoderSpec, scope: Scope,
@@ -256,6 +269,60 @@ class LatentCache:
 
     def save_result(self, key: str, *, scope_token: str, generated: str, job_id: str) -> bool:
         return self.results.save(token=scope_token, key=key, generated=generated, job_id=job_id)
+
+    # --- prompt embeddings ----------------------------------------------------------------
+    def fetch_or_compute_prompt(self, spec: PromptSpec, *, scope: Scope, compute: Callable[[], dict[str, Any]],
+                                device: str = "cpu", stage: str = "prompt") -> PromptOutcome:
+        """A prompt's text-encoder outputs: hot tier, then Redis, else ``compute()`` (a dict of the
+        "prompt" and "negative" tensors) and store them in both, with the latents' TTL and budget."""
+        generation = self.generation(scope) or OFFLINE
+        key = spec.key(generation=generation)
+        ref = make_ref(scope.token, f"prompt-{key}")
+        events: list[Event] = []
+        try:
+            stacked = self.hot.get(ref)
+            if stacked is not None:
+                events.extend([Event(stage, "hot", "hits"), Event(stage, "lookup", "hits")])
+                return PromptOutcome(tensors={"prompt": stacked[0:1], "negative": stacked[1:2]}, tier="hot")
+            events.append(Event(stage, "hot", "misses"))
+            arrays = self.prompts.fetch(token=scope.token, key=key) if generation != OFFLINE else None
+            if arrays is not None:
+                import torch
+
+                tensors = {name: _on(torch.from_numpy(np.array(a)), device) for name, a in arrays.items()}
+                self.hot.put(ref, torch.cat([tensors["prompt"], tensors["negative"]]))
+                served = sum(int(a.nbytes) for a in arrays.values())
+                events.extend([Event(stage, "redis", "hits"), Event(stage, "redis", "bytes_served", served),
+                               Event(stage, "lookup", "hits")])
+                return PromptOutcome(tensors=tensors, tier="redis")
+            events.extend([Event(stage, "redis", "misses"), Event(stage, "lookup", "misses")])
+            tensors = compute()
+            import torch
+
+            self.hot.put(ref, torch.cat([tensors["prompt"], tensors["negative"]]))
+            data = encode_embeds(tensors)
+            stored = len(data) if generation != OFFLINE and self.prompts.save_bytes(
+                token=scope.token, key=key, data=data) else 0
+            if stored:
+                events.append(Event(stage, "redis", "bytes_stored", stored))
+            return PromptOutcome(tensors=tensors, stored_bytes=stored)
+        finally:
+            self.stats.record(events, scope_token=scope.token)
+
+    # --- control maps ---------------------------------------------------------------------
+    def fetch_control(self, key: str, *, scope_token: str, is_usable: Callable[[str], bool],
+                      stage: str = "control") -> str | None:
+        """The blob reference of a control map computed before from the same pixels, else None."""
+        ref = self.controls.fetch(token=scope_token, key=key)
+        if ref is not None and not is_usable(ref):
+            self.controls.drop(token=scope_token, key=key)
+            ref = None
+        counter = "hits" if ref else "misses"
+        self.stats.record([Event(stage, "redis", counter), Event(stage, "lookup", counter)], scope_token=scope_token)
+        return ref
+
+    def save_control(self, key: str, *, scope_token: str, ref: str) -> bool:
+        return self.controls.save(token=scope_token, key=key, ref=ref)
 
 
 def _generation_key(scope: Scope) -> str:

@@ -60,11 +60,15 @@ class ApiClient:
                                    f"PIXELMILL_API_KEY ({_error_of(response)[1]})")
         _raise_for(response)
 
-    def create_batch(self, files: list[tuple[str, bytes]], *, params: dict[str, Any]) -> dict[str, Any]:
-        """POST /api/v1/batches: the files (name, bytes) as one batch; 202 with the batch and its jobs."""
+    def create_batch(self, files: list[tuple[str, bytes]], *, params: dict[str, Any],
+                     idempotency_key: str | None = None) -> dict[str, Any]:
+        """POST /api/v1/batches: the files (name, bytes) as one batch; 202 with the batch and its jobs.
+        With ``idempotency_key``, a retry of the same request answers the batch the first one made."""
         uploads = [("images", (name, data, mimetypes.guess_type(name)[0] or "application/octet-stream"))
                    for name, data in files]
-        response = self._request("POST", "/api/v1/batches", files=uploads, data={"params": json.dumps(params)})
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        response = self._request("POST", "/api/v1/batches", files=uploads, data={"params": json.dumps(params)},
+                                 headers=headers)
         _raise_for(response)
         return response.json()
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -103,6 +103,25 @@ def collect_inputs(paths: list[Path], *, exclude: Path | None = None,
                 seen.add(candidate.source_id)
                 candidates.append(candidate)
     return assign_targets(candidates, reserved=reserved or {}), unreadable
+
+
+def folder_files(folder: Path, files: list[Path], *, reserved: Mapping[str, str],
+                 hashed: MutableMapping[Path, tuple[tuple[int, int], _Candidate]] | None = None) -> list[Input]:
+    """Inputs for some ``files`` of ``folder`` (``pixelmill watch``: those that settled), each with
+    the target a run over the whole folder gives it (``x/b.webp`` → ``x/b``). ``hashed`` keeps each
+    file's digest between calls, for as long as its size and mtime do not change."""
+    candidates = []
+    for path in files:
+        stat = path.stat()
+        signature = (stat.st_size, stat.st_mtime_ns)
+        known = hashed.get(path) if hashed is not None else None
+        if known is None or known[0] != signature:
+            natural = path.relative_to(folder).with_suffix("").as_posix()
+            known = (signature, _file_candidate(path, display=str(path), natural=natural))
+            if hashed is not None:
+                hashed[path] = known
+        candidates.append(known[1])
+    return assign_targets(candidates, reserved=reserved)
 
 
 def assign_targets(candidates: list[_Candidate], *, reserved: Mapping[str, str]) -> list[Input]:

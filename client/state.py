@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 STATE_NAME = ".pixelmill-submit.json"
@@ -71,6 +71,8 @@ class SubmitState:
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise StateError(f"cannot read the resume state {path}: {e}; delete it to start over "
                              "(results already in the folder stay)") from e
+        for entry in entries.values():  # the file may have been edited: no result may land outside ``out``
+            check_target(out, entry.target, state=path)
         if saved_params != params:
             raise StateError(
                 f"{out} holds results made with other parameters ({_describe(saved_params)}; now "
@@ -96,6 +98,21 @@ class SubmitState:
 
     def reserved_targets(self) -> dict[str, str]:
         return {key: entry.target for key, entry in self.entries.items()}
+
+
+def check_target(out: Path, target: Any, *, state: Path) -> None:
+    """``target`` (a result path under ``out``, posix, without ".png") stays inside ``out``: relative,
+    no "..", and resolving (symlinks followed) under ``out``; else ``StateError``."""
+    problem = None
+    if not isinstance(target, str) or not target.strip() or "\x00" in target:
+        problem = "an empty or malformed result path"
+    elif PurePosixPath(target).is_absolute() or ".." in PurePosixPath(target.replace("\\", "/")).parts:
+        problem = f"the result path {target!r} leaves the output folder"
+    elif not (out / f"{target}.png").resolve().is_relative_to(out.resolve()):
+        problem = f"the result path {target!r} resolves outside the output folder"
+    if problem:
+        raise StateError(f"the resume state {state} holds {problem} ({out}); it was edited or is not "
+                         "pixelmill's: delete it to start over (results already in the folder stay)")
 
 
 def _describe(params: dict[str, Any]) -> str:

@@ -14,6 +14,8 @@ limits are lower (400 "at most N per batch", 413 too large) the chunks shrink to
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import sys
 import time
@@ -138,6 +140,15 @@ class SubmitRun:
         if self.reporter is not None:
             self.reporter.close()
 
+    def pump(self) -> None:
+        """One round for a caller that loops by itself (``pixelmill watch``, client/watch.py): submit
+        what is new until the server asks to wait, poll once, download what finished, save the state."""
+        while self.to_submit and time.monotonic() >= self.hold_until:
+            self._guarded(self._submit_next)
+        if self._open() and time.monotonic() >= self.next_poll:
+            self._guarded(self._poll)
+        self.state.save()
+
     def _loop(self) -> None:
         wait = self.options.wait
         while self.to_submit or (wait and self._open()):
@@ -198,7 +209,8 @@ class SubmitRun:
             self.state.save()
             return True
         try:
-            payload = self.client.create_batch(files, params=self.options.params)
+            payload = self.client.create_batch(files, params=self.options.params,
+                                               idempotency_key=self._idempotency_key(chunk))
         except ApiError as e:
             self.to_submit.extendleft(reversed(chunk))
             self._refused(chunk, e)
@@ -216,6 +228,15 @@ class SubmitRun:
         self.batches_sent += 1
         self._say(f"batch {payload['id']}: {len(chunk)} image(s) queued → {self.options.url}/batches/{payload['id']}")
         return True
+
+    def _idempotency_key(self, chunk: list[str]) -> str:
+        """One key per file (its input id, content and the parameters), joined for the request:
+        a rerun after a network error sends the same files with the same key, and the server
+        answers the batch it already made instead of making it again."""
+        params = json.dumps(self.options.params, sort_keys=True)
+        per_file = [hashlib.sha256(f"{key}\n{self.inputs[key].sha256}\n{params}".encode()).hexdigest()
+                    for key in chunk]
+        return "pixelmill-submit-" + hashlib.sha256("".join(per_file).encode()).hexdigest()
 
     def _take_chunk(self) -> list[str]:
         chunk: list[str] = []

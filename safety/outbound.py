@@ -34,6 +34,8 @@ MAX_URL_LENGTH = 2048
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
 _IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+WEBHOOK_PRIVATE_HINT = ("webhooks go to public addresses only (set PIXELMILL_WEBHOOK_ALLOW_PRIVATE=1 to "
+                        "allow private ones on a trusted network)")
 
 
 class OutboundRefused(SafetyError):
@@ -89,8 +91,10 @@ class Response:
         return self.headers.get(name.lower())
 
 
-def check_url(url: str, *, allow_private: bool, resolve: Resolver | None = None) -> CheckedTarget:
-    """Parse, resolve and check ``url``; raise ``OutboundRefused`` with a message saying why not."""
+def check_url(url: str, *, allow_private: bool, resolve: Resolver | None = None,
+              private_hint: str = WEBHOOK_PRIVATE_HINT) -> CheckedTarget:
+    """Parse, resolve and check ``url``; raise ``OutboundRefused`` with a message saying why not.
+    ``private_hint`` ends the message of a forbidden address (what may be called, and the setting)."""
     if not isinstance(url, str) or not url.strip():
         raise OutboundRefused("the webhook URL is empty")
     url = url.strip()
@@ -110,7 +114,8 @@ def check_url(url: str, *, allow_private: bool, resolve: Resolver | None = None)
     host = parts.hostname
     if not host:
         raise OutboundRefused(f"{url!r} has no host")
-    port = port or (443 if scheme == "https" else 80)
+    if port is None:  # not `port or …`: an explicit :0 is falsy and would become the default port
+        port = 443 if scheme == "https" else 80
     if port == 0:
         raise OutboundRefused(f"{url!r}: port 0 cannot be called")
     addresses = _resolve(host, port, resolve)
@@ -120,8 +125,7 @@ def check_url(url: str, *, allow_private: bool, resolve: Resolver | None = None)
             if reason:
                 shown = host if host == address else f"{host} ({address})"
                 raise OutboundRefused(
-                    f"{url!r} is refused: {shown} is {reason}; webhooks go to public addresses only "
-                    "(set PIXELMILL_WEBHOOK_ALLOW_PRIVATE=1 to allow private ones on a trusted network)"
+                    f"{url!r} is refused: {shown} is {reason}; {private_hint}"
                 )
     path = parts.path or "/"
     if parts.query:

@@ -1,11 +1,14 @@
-"""The ``pixelmill`` command: up, worker, web, redis, submit, tiny-model."""
+"""The ``pixelmill`` command: up, worker, web, redis, submit, tiny-model, models, webhooks."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
+
+from stack import models_cli, service_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,6 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     web = sub.add_parser("web", help="run the web server (gunicorn)")
     web.add_argument("--host", help="default: the host setting (PIXELMILL_HOST, 127.0.0.1)")
     web.add_argument("--port", type=int, help="default: the port setting (PIXELMILL_PORT, 8000)")
+
+    flower = sub.add_parser("flower", help="Celery's monitor (Flower) behind a login (PIXELMILL_FLOWER_AUTH)")
+    flower.add_argument("--host", default="127.0.0.1")
+    flower.add_argument("--port", type=int, default=5555)
 
     redis_cmd = sub.add_parser("redis", help="run an embedded redis-server in the foreground")
     redis_cmd.add_argument("--port", type=int, default=6390)
@@ -54,21 +61,47 @@ def main(argv: list[str] | None = None) -> int:
     submit.add_argument("--retry-failed", action="store_true",
                         help="submit again the inputs whose jobs failed, were blocked or canceled in an earlier run")
 
-    tiny = sub.add_parser("tiny-model", help="build a tiny random-weight SD pipeline (for demos and tests)")
-    tiny.add_argument("path", type=Path)
+    tiny = sub.add_parser("tiny-model", help="build the tiny random-weight model library: an SD checkpoint (folder "
+                                             "and single file), ControlNets, a LoRA, a depth model (demos, tests)")
+    tiny.add_argument("path", type=Path, nargs="?", help="the library (default: PIXELMILL_MODELS_DIR, var/models)")
 
     sub.add_parser("reaper", help="fail expired jobs and re-enqueue stuck ones, every reaper_interval_s")
+    service_cli.add_arguments(sub)  # autotune, watch, beat
 
     keys = sub.add_parser("keys", help="manage API keys (stored hashed; a new key is shown once)")
     keys.add_argument("action", choices=["create", "list", "revoke"])
     keys.add_argument("--tenant", required=True)
     keys.add_argument("--name", default="")
     keys.add_argument("--id", dest="key_id", help="the key id to revoke")
+    keys.add_argument("--admin", action="store_true", help="create: the key may create and revoke the tenant's keys")
+    keys.add_argument("--expires-in-days", type=float, metavar="DAYS", help="create: the key is refused after this")
 
     policy = sub.add_parser("policy", help="show or set a tenant's audit policy")
     policy.add_argument("--tenant", required=True)
     policy.add_argument("--threshold", type=float)
     policy.add_argument("--action", choices=["block", "flag", "blur"])
+    policy.add_argument("--max-priority", choices=["high", "normal", "low"],
+                        help="the highest priority this tenant's jobs may ask for")
+
+    models = sub.add_parser("models", help="the model library")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    convert = models_sub.add_parser("convert", help="convert the diffusion model for OpenVINO now (CPU workers "
+                                                    "otherwise convert it at their first job; README: running "
+                                                    "diffusion on CPUs)")
+    convert.add_argument("--model", help="default: the diffusion_model setting (PIXELMILL_DIFFUSION_MODEL)")
+    models_cli.add_arguments(models_sub)  # list, add, pull
+
+    webhooks = sub.add_parser("webhooks", help="webhook tools for local development")
+    webhooks_sub = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    listen = webhooks_sub.add_parser(
+        "listen", help="follow your tenant's webhook events over an authenticated stream and print each as a "
+                       "line, or sign it with a secret of this session and POST it to --forward-to")
+    listen.add_argument("--forward-to", metavar="URL", help="a local receiver, e.g. http://localhost:5000/hook")
+    listen.add_argument("--events", default="", help="comma-separated event types (default: every event)")
+    listen.add_argument("--url", default=os.environ.get("PIXELMILL_URL", "http://127.0.0.1:8000"),
+                        help="the server (env PIXELMILL_URL)")
+    listen.add_argument("--api-key", default=os.environ.get("PIXELMILL_API_KEY"),
+                        help="sent as 'Authorization: Bearer …' (env PIXELMILL_API_KEY)")
 
     args = parser.parse_args(argv)
     return COMMANDS[args.command](args)
@@ -79,15 +112,19 @@ def _up(args: argparse.Namespace) -> int:
     from tasks.settings import get_settings
 
     s = get_settings()
+    if problem := exposure_problem(args.host or s.host, auth_enabled=s.auth_enabled, allow_open=s.allow_open):
+        print(f"pixelmill: {problem}", file=sys.stderr)
+        return 2
     return run_stack(host=args.host or s.host, port=args.port or s.port, cpu_concurrency=args.cpu_concurrency,
                      data_dir=args.data_dir or s.data_dir)
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from tasks.autotune import pool_max_batch
     from tasks.settings import get_settings
     from stack.supervisor import plan_worker, worker_argv
 
-    plan = plan_worker(args.queues, concurrency=args.concurrency, gpu_max_batch=get_settings().gpu_max_batch)
+    plan = plan_worker(args.queues, concurrency=args.concurrency, gpu_max_batch=pool_max_batch(get_settings()))
     for name, value in plan.env.items():
         os.environ.setdefault(name, value)
     argv = worker_argv(queues=plan.queues, concurrency=plan.concurrency, pool=plan.pool)
@@ -100,7 +137,43 @@ def _web(args: argparse.Namespace) -> int:
     from tasks.settings import get_settings
 
     s = get_settings()
+    if problem := exposure_problem(args.host or s.host, auth_enabled=s.auth_enabled, allow_open=s.allow_open):
+        print(f"pixelmill: {problem}", file=sys.stderr)
+        return 2
     argv = web_argv(host=args.host or s.host, port=args.port or s.port)
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+def exposure_problem(host: str, *, auth_enabled: bool, allow_open: bool) -> str | None:
+    """Why the web must not listen on ``host``: with auth off, whoever reaches it can use it (submit,
+    read every result, register webhooks), so only loopback — unless the operator says otherwise."""
+    import ipaddress
+
+    if auth_enabled or allow_open or host == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(host.strip("[]")).is_loopback:
+            return None
+    except ValueError:
+        pass  # a host name: it may resolve to anything
+    return (f"refusing to listen on {host} with auth off: anyone who can reach it could use this service. "
+            "Turn auth on (PIXELMILL_AUTH_ENABLED=1 and `pixelmill keys create --tenant …`), listen on "
+            "127.0.0.1, or set PIXELMILL_ALLOW_OPEN=1 if something in front of it (a proxy with a login, "
+            "a port published only on loopback) keeps others out.")
+
+
+def _flower(args: argparse.Namespace) -> int:
+    from tasks.settings import get_settings
+
+    auth = get_settings().flower_auth
+    if not auth or ":" not in auth:
+        print("pixelmill: Flower shows every task's arguments and can revoke them: set "
+              "PIXELMILL_FLOWER_AUTH=user:password to run it", file=sys.stderr)
+        return 2
+    os.environ["FLOWER_BASIC_AUTH"] = auth  # not on the command line, where `ps` would show it
+    argv = [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "flower",
+            f"--address={args.host}", f"--port={args.port}"]
     os.execv(argv[0], argv)
     return 0  # not reached
 
@@ -150,11 +223,51 @@ def _resume_command() -> str:
     return shlex.join(["pixelmill", *shown])
 
 
-def _tiny_model(args: argparse.Namespace) -> int:
-    from workers.tiny_model import build_tiny_pipeline
+def _webhooks(args: argparse.Namespace) -> int:
+    from client.listen import ListenOptions, run_listen
 
-    path = build_tiny_pipeline(args.path)
-    print(f"tiny random-weight pipeline saved to {path}; use PIXELMILL_DIFFUSION_MODEL={path}")
+    events = frozenset(e.strip() for e in args.events.split(",") if e.strip())
+    return run_listen(ListenOptions(url=args.url, api_key=args.api_key, forward_to=args.forward_to, events=events))
+
+
+def _tiny_model(args: argparse.Namespace) -> int:
+    from tasks.settings import get_settings
+    from workers.tiny_model import build_tiny_library
+
+    library = build_tiny_library(args.path or get_settings().models_dir)
+    print(f"tiny random-weight model library built in {library}: checkpoints tiny and tiny-single, ControlNets "
+          f"canny, tile and depth, LoRA tiny-style, depth model tiny-depth.\nUse PIXELMILL_MODELS_DIR={library} "
+          "PIXELMILL_DIFFUSION_MODEL=tiny")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    return MODELS_COMMANDS[args.models_command](args)
+
+
+def _models_convert(args: argparse.Namespace) -> int:
+    import logging
+
+    from tasks.engine_backend import convert_ahead
+    from tasks.settings import get_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    if args.model:
+        settings = settings.model_copy(update={"diffusion_model": args.model})
+    if not settings.diffusion_model:
+        print("pixelmill: no model to convert: pass --model or set PIXELMILL_DIFFUSION_MODEL", file=sys.stderr)
+        return 2
+    done = convert_ahead(settings)
+    if not done["ok"]:
+        print(f"pixelmill: {done['model']} does not run on OpenVINO here ({done['reason'] or done['backend']}); "
+              f"CPU workers will run it on {done['backend']}", file=sys.stderr)
+        return 1
+    meta = done["meta"] or {}
+    parts = ", ".join(f"{name} {part['seconds']:.0f} s" for name, part in meta.get("parts", {}).items())
+    print(f"{done['model']}: OpenVINO {meta.get('openvino')} conversion in {done['folder']} "
+          f"({meta.get('bytes', 0) / 2**30:.2f} GiB; converted in {parts}); loaded, parity-checked and compiled "
+          f"({done['backend']}) in {done['seconds']:.0f} s")
     return 0
 
 
@@ -174,11 +287,24 @@ def _keys(args: argparse.Namespace) -> int:
 
     tenants = get_services().tenants
     if args.action == "create":
-        key, plaintext = tenants.create_key(tenant=args.tenant, name=args.name)
-        print(f"key id {key.id} for tenant {key.tenant}:\n{plaintext}\n(store it now: it is not shown again)")
+        if args.expires_in_days is not None and args.expires_in_days <= 0:
+            print("--expires-in-days must be more than 0")
+            return 2
+        expires_at = time.time() + args.expires_in_days * 86400 if args.expires_in_days else None
+        key, plaintext = tenants.create_key(tenant=args.tenant, name=args.name, admin=args.admin,
+                                            expires_at=expires_at)
+        kind = "admin key" if key.admin else "key"
+        until = f", expires {_when(key.expires_at)}" if key.expires_at else ""
+        print(f"{kind} id {key.id} for tenant {key.tenant}{until}:\n{plaintext}\n"
+              "(store it now: it is not shown again)")
     elif args.action == "list":
         for key in tenants.list_keys(args.tenant):
-            print(f"{key.id}  {key.name or '-':20}  {'revoked' if key.revoked_at else 'active'}")
+            state = ("revoked" if key.revoked_at else "expired" if key.is_expired()
+                     else "active" if tenants.is_usable(key) else "dead (its creator is revoked or expired)")
+            extra = "".join((" admin" if key.admin else "",
+                             f" expires {_when(key.expires_at)}" if key.expires_at else "",
+                             f" created by {key.created_by}" if key.created_by else ""))
+            print(f"{key.id}  {key.name or '-':20}  {state}{extra}")
     else:
         if not args.key_id:
             print("give the key to revoke with --id")
@@ -186,6 +312,10 @@ def _keys(args: argparse.Namespace) -> int:
         tenants.revoke(tenant=args.tenant, key_id=args.key_id)
         print(f"revoked {args.key_id}")
     return 0
+
+
+def _when(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(timestamp))
 
 
 def _policy(args: argparse.Namespace) -> int:
@@ -198,12 +328,18 @@ def _policy(args: argparse.Namespace) -> int:
         current = AuditPolicy(threshold=current.threshold if args.threshold is None else args.threshold,
                               action=Action(args.action) if args.action else current.action)
         rt.tenants.save_policy(args.tenant, current)
-    print(f"tenant {args.tenant}: threshold {current.threshold}, action {current.action.value}")
+    if args.max_priority:
+        rt.tenants.save_max_priority(args.tenant, args.max_priority)
+    highest = rt.tenants.max_priority(args.tenant, default=rt.settings.max_priority)
+    print(f"tenant {args.tenant}: threshold {current.threshold}, action {current.action.value}, "
+          f"highest priority {highest}")
     return 0
 
 
-COMMANDS = {"up": _up, "worker": _worker, "web": _web, "redis": _redis, "submit": _submit, "tiny-model": _tiny_model,
-            "keys": _keys, "policy": _policy, "reaper": _reaper}
+COMMANDS = {"flower": _flower, "up": _up, "worker": _worker, "web": _web, "redis": _redis, "submit": _submit, "tiny-model": _tiny_model,
+            "keys": _keys, "policy": _policy, "reaper": _reaper, **service_cli.COMMANDS, "models": _models, "webhooks": _webhooks}
+MODELS_COMMANDS = {"convert": _models_convert, "list": models_cli.run, "add": models_cli.run,
+                   "pull": models_cli.run}  # `pixelmill models <command>`
 
 if __name__ == "__main__":
     sys.exit(main())

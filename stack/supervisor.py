@@ -88,9 +88,10 @@ def worker_spec(name: str, plan: WorkerPlan, env: dict[str, str]) -> ProcessSpec
 
 
 def stack_specs(*, host: str, port: int, cpu_concurrency: int, env: dict[str, str]) -> list[ProcessSpec]:
+    from tasks.autotune import pool_max_batch
     from tasks.settings import get_settings
 
-    gpu_max_batch = get_settings().gpu_max_batch
+    gpu_max_batch = pool_max_batch(get_settings())  # the autotune plan's, unless set explicitly
     return [
         worker_spec("cpu", plan_worker("cpu", concurrency=cpu_concurrency), env),
         worker_spec("gpu", plan_worker("gpu", gpu_max_batch=gpu_max_batch), env),

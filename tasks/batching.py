@@ -1,18 +1,22 @@
 """Dynamic batching of generate on a gpu worker: the worker runs generate tasks on a threads
 pool; each task thread hands its request to one GenerateBatcher per process and waits for its
-own image. Compatible requests (same latent size, steps, strength, guidance) share one pipeline
-call; every task still acks, records progress and fails on its own (acks-late per job)."""
+own image. Compatible requests (same model, latent size, steps, strength, guidance, LoRAs and
+ControlNets) share one pipeline call; every task still acks, records progress and fails on its
+own (acks-late per job). Each request's prompt embeddings come from the prompt cache when given."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
 from workers.batching import Batched, DynamicBatcher
+from workers.cpu_backend import clear_route, last_route
 from workers.diffusion import GenerateParams
+from workers.prompts import PromptEmbeds
 from workers.residency import LoadedDiffusion
 
 GENERATE_TASK = "pixelmill.generate"
@@ -27,12 +31,22 @@ class GenerateRequest:
     latents: torch.Tensor  # (1, 4, h, w)
     params: GenerateParams
     on_step: StepReporter | None = None
+    ran: dict[str, str] = field(default_factory=dict)  # filled by the call: {"backend": "openvino-bf16"}
+    model: str | None = None  # a library name; None: the default model
+    control_images: list[np.ndarray] = field(default_factory=list)  # one map per params.controls
+    scope: Any = None  # the job's cache scope (cache.scopes.Scope), for its prompt-cache lookups
 
     def batch_key(self) -> Hashable:
-        return (tuple(self.latents.shape), self.params.batch_key())
+        return (self.model, tuple(self.latents.shape), self.params.batch_key())
 
 
-def generate_requests(loaded: LoadedDiffusion, requests: list[GenerateRequest]) -> list[np.ndarray]:
+# prompts(loaded, request) → the request's prompt embeddings (from a cache, or encoded; may note the
+# tier in request.ran["prompt"]), called with the request's LoRAs active on the engine.
+PromptLookup = Callable[[LoadedDiffusion, GenerateRequest], PromptEmbeds]
+
+
+def generate_requests(loaded: LoadedDiffusion, requests: list[GenerateRequest], *,
+                      prompts: PromptLookup | None = None) -> list[np.ndarray]:
     """Run requests as one pipeline call; each reporter sees its own slice of the latents. The
     batch stops early only when every member asks to (all canceled); a member canceled alone
     finishes with its batch and its output is dropped when its stage tries to finish."""
@@ -41,9 +55,17 @@ def generate_requests(loaded: LoadedDiffusion, requests: list[GenerateRequest]) 
         stops = [r.on_step(done, total, latents[i:i + 1]) if r.on_step else False for i, r in enumerate(requests)]
         return all(stops)
 
-    with torch.inference_mode():
-        return loaded.engine.generate_batch([r.latents for r in requests], [r.params for r in requests],
-                                            on_step=on_step)
+    engine = loaded.engine
+    controls = [r.control_images for r in requests] if requests[0].params.controls else None
+    clear_route()
+    with torch.inference_mode(), engine.using(requests[0].params.loras):
+        embeds = [prompts(loaded, r) for r in requests] if prompts is not None else None
+        images = engine.generate_batch([r.latents for r in requests], [r.params for r in requests],
+                                       on_step=on_step, embeds=embeds, control_images=controls)
+    backend = last_route() or f"torch-{loaded.dtype_name}"  # the backend that ran the UNet (this thread)
+    for request in requests:
+        request.ran["backend"] = backend
+    return images
 
 
 def generate_requests_in_worker() -> int:
@@ -56,9 +78,10 @@ def generate_requests_in_worker() -> int:
 class GenerateBatcher:
     """One per worker process: a DynamicBatcher of GenerateRequests over the resident model."""
 
-    def __init__(self, load: Callable[[], LoadedDiffusion], *, max_batch: int, max_wait_s: float,
-                 expected: Callable[[], int] | None = None) -> None:
-        self._load = load
+    def __init__(self, load: Callable[..., LoadedDiffusion], *, max_batch: int, max_wait_s: float,
+                 expected: Callable[[], int] | None = None, prompts: PromptLookup | None = None) -> None:
+        self._load = load  # load() → the default model; load(name) → that library model
+        self._prompts = prompts
         self._batcher: DynamicBatcher[GenerateRequest, np.ndarray] = DynamicBatcher(
             self._run, key=GenerateRequest.batch_key, max_batch=max_batch, max_wait_s=max_wait_s,
             expected=expected or self._on_their_way, name="pixelmill-generate-batcher")
@@ -79,7 +102,9 @@ class GenerateBatcher:
         self._batcher.close()
 
     def _run(self, requests: list[GenerateRequest]) -> list[np.ndarray]:
-        return generate_requests(self._load(), requests)
+        model = requests[0].model
+        loaded = self._load() if model is None else self._load(model)
+        return generate_requests(loaded, requests, prompts=self._prompts)
 
     def _on_their_way(self) -> int:
         return generate_requests_in_worker() - self._batcher.in_flight

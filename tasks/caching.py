@@ -1,11 +1,12 @@
 """How the stages address the latent cache: the scope a job's lookups run in, and the encoder
-spec and result key of a diffusion job (cache/ itself knows nothing of jobs)."""
+spec, prompt spec, control-map key and result key of a diffusion job (cache/ itself knows nothing
+of jobs)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 
-from cache.keys import EncoderSpec, result_key
+from cache.keys import EncoderSpec, PromptSpec, control_key, result_key
 from cache.latents import is_shareable
 from cache.scopes import Scope, scope_for
 from tasks.jobs import Job, JobParams
@@ -23,8 +24,38 @@ def cache_scope(rt: WorkerRuntime, job: Job) -> Scope:
 
 def encoder_spec(params: JobParams, loaded: LoadedDiffusion) -> EncoderSpec:
     """What, besides the pixels, changes a latent. No prompt, guidance, steps, strength or seed."""
-    return EncoderSpec(model=loaded.engine.model, revision=loaded.engine.revision, dtype=loaded.dtype_name,
-                       size=params.size, crop=CROP, rotation=ROTATION)
+    model, revision = model_identity(loaded)
+    return EncoderSpec(model=model, revision=revision, dtype=key_dtype(loaded), size=params.size, crop=CROP,
+                       rotation=ROTATION)
+
+
+def model_identity(loaded: LoadedDiffusion) -> tuple[str, str | None]:
+    """The model as keys name it: its library name and files' fingerprint, else what the engine
+    loaded (a path or hub id) and its revision."""
+    name = getattr(loaded, "name", None)
+    if name:
+        return name, loaded.revision
+    return loaded.engine.model, loaded.engine.revision
+
+
+def prompt_spec(loaded: LoadedDiffusion, generate: GenerateParams) -> PromptSpec:
+    """What changes a prompt's text-encoder output: the model, its dtype, both prompts, clip_skip
+    and the LoRAs that adapt the text encoder, with their weights."""
+    text_loras = tuple(use.key() for use in generate.loras if use.text_encoder)
+    model, revision = model_identity(loaded)
+    return PromptSpec(model=model, revision=revision, dtype=key_dtype(loaded),
+                      prompt=generate.prompt, negative_prompt=generate.negative_prompt, clip_skip=generate.clip_skip,
+                      text_loras=text_loras)
+
+
+def control_map_key(*, pixels: str, kind: str, annotator: str, shape: tuple[int, ...]) -> str:
+    return control_key(pixels=pixels, kind=kind, annotator=annotator, shape=shape)
+
+
+def key_dtype(loaded: LoadedDiffusion) -> str:
+    """The precision a key names: the dtype, or the CPU backend that ran ("openvino-bf16", …)."""
+    backend = getattr(loaded.engine, "backend", None)
+    return (backend.key_dtype if backend is not None else None) or loaded.dtype_name
 
 
 def expected_latent_bytes(shape: tuple[int, ...], *, factor: int) -> int:
@@ -38,5 +69,10 @@ def generation_key(job: Job, loaded: LoadedDiffusion, generate: GenerateParams) 
     if not is_shareable(job.outputs["latent"]):
         return None
     params = asdict(generate) | {"seed": job.job_params.seed}
-    return result_key(latent_ref=job.outputs["latent"], model=loaded.engine.model, revision=loaded.engine.revision,
-                      dtype=loaded.dtype_name, params=params)
+    # LoRAs and ControlNets by name, file fingerprint and weight (not by path); the control maps by
+    # their content-addressed blobs (a near-duplicate's latent is shared, its maps are its own)
+    params["loras"] = [list(use.key()) for use in generate.loras]
+    params["controls"] = [list(c.key()) + [job.outputs.get(f"control_{c.type}")] for c in generate.controls]
+    model, revision = model_identity(loaded)
+    return result_key(latent_ref=job.outputs["latent"], model=model, revision=revision, dtype=key_dtype(loaded),
+                      params=params)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import importlib
 
 from celery import Celery
-from celery.signals import celeryd_init, worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
+from celery.signals import celeryd_after_setup, celeryd_init, worker_init, worker_process_init, worker_process_shutdown, worker_shutdown
 from kombu import Queue
 
+from tasks.priority import all_queues, consume_order
+from tasks.quality import level_queues
 from tasks.settings import QUEUES, Settings, get_settings
 
 
@@ -29,6 +31,8 @@ def celery_config(settings: Settings) -> dict:
             "socket_timeout": 30,
             "socket_connect_timeout": 5,
             "socket_keepalive": True,
+            # the levels of a queue are lists BRPOPed in a fixed order: high before normal before low
+            "queue_order_strategy": "priority",
         },
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": settings.cancel_tasks_on_connection_loss,
@@ -42,7 +46,9 @@ def celery_config(settings: Settings) -> dict:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": "cpu",
-        "task_queues": [Queue(name) for name in QUEUES],
+        # cpu.high, cpu, cpu.low, … (tasks.priority), and the queues of the quality levels (tasks.quality)
+        "task_queues": [Queue(name) for name in
+                        dict.fromkeys(all_queues([*QUEUES, *level_queues(settings.quality_levels)]))],
         "task_create_missing_queues": False,
         "worker_hijack_root_logger": False,
         "worker_send_task_events": settings.task_events,  # Flower enables them remotely while it runs
@@ -51,7 +57,8 @@ def celery_config(settings: Settings) -> dict:
 
 
 STAGE_MODULES = "tasks.stages"  # the stage tasks, and through them the engines (torch)
-IO_MODULES = "tasks.webhooks.tasks"  # webhook delivery: no engine
+IO_MODULES = ("tasks.webhooks.tasks", "tasks.schedules")  # webhook delivery, scheduled batches: no engine
+INPUT_MODULES = "tasks.inputs"  # fetching input images given by URL (io queue): no engine
 
 
 def stage_task_name(stage: str) -> str:
@@ -60,7 +67,7 @@ def stage_task_name(stage: str) -> str:
 
 def create_celery(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
-    celery = Celery("pixelmill", include=[IO_MODULES])
+    celery = Celery("pixelmill", include=[*IO_MODULES, INPUT_MODULES])
     celery.conf.update(celery_config(settings))
     return celery
 
@@ -72,8 +79,8 @@ def modules_for(queues: list[str] | None) -> list[str]:
     """The task modules a worker consuming ``queues`` imports: a worker of the io queue alone
     delivers webhooks and never loads the stages (nor torch); any other worker runs stages."""
     if queues and set(queues) <= {"io"}:
-        return [IO_MODULES]
-    return [STAGE_MODULES, IO_MODULES]
+        return [*IO_MODULES]
+    return [STAGE_MODULES, *IO_MODULES]
 
 
 @celeryd_init.connect
@@ -85,6 +92,17 @@ def _import_stages(sender=None, conf=None, options=None, **_: object) -> None:
         queues = [q.strip() for q in queues.split(",") if q.strip()]
     for module in modules_for(list(queues) if queues else None):
         importlib.import_module(module)
+
+
+@celeryd_after_setup.connect
+def _consume_by_priority(sender=None, instance=None, **_: object) -> None:
+    """A worker of `cpu` consumes cpu.high, cpu and cpu.low, in that order (tasks.priority)."""
+    queues = instance.app.amqp.queues
+    ordered = consume_order(list(queues.consume_from))
+    for name in ordered:
+        if name not in queues:
+            queues.select_add(name)
+    queues.select(ordered)
 
 
 @worker_init.connect

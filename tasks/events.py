@@ -91,9 +91,11 @@ def job_events(before: JobStatus, job: Job) -> list[JobEvent]:
                             snapshot=snapshot) for t in types]
 
 
-def stage_events(writes: Writes, job: Job, events: list[JobEvent], *, batch_size: int, ttl_s: int) -> None:
+def stage_events(writes: Writes, job: Job, events: list[JobEvent], *, batch_size: int,
+                 ttl_s: int) -> JobEvent | None:
     """Add the outbox writes for ``events`` to a transition: each event if someone listens, and
-    ``batch.completed`` if this job is the one that completes its batch."""
+    ``batch.completed`` if this job is the one that completes its batch. Returns that batch event
+    when this job may be the one (the script decides), for the live stream to publish too."""
     with writes.when(LISTENED):
         for event in events:
             writes.rpush(OUTBOX, event.around_snapshot())
@@ -103,3 +105,5 @@ def stage_events(writes: Writes, job: Job, events: list[JobEvent], *, batch_size
                                       batch_id=job.batch_id)
         with writes.when(COMPLETES_BATCH):
             writes.rpush(OUTBOX, batch_event.to_json())
+        return batch_event
+    return None

@@ -41,6 +41,9 @@ class WorkerInfo:
     model: str | None = None
     memory: dict[str, int] = field(default_factory=dict)
     batching: dict[str, int] | None = None
+    backend: str | None = None  # what runs diffusion: "openvino-bf16", "torch-f32", "torch-fp16" (GPU) …
+    converting: dict[str, Any] | None = None  # an OpenVINO conversion in progress (part, step/steps, elapsed_s)
+    plan: dict[str, Any] | None = None  # the autotune plan a gpu worker runs with (tasks.autotune)
     started_at: float = 0.0
     seen_at: float = 0.0
     incarnation: str = ""  # new at every process start (a restarted worker may reuse hostname and pid)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tasks.settings import STAGES
 from workers.schedule import no_denoising_reason
@@ -57,6 +58,61 @@ def can_move(current: JobStatus, new: JobStatus) -> bool:
 
 Engine = Literal["style", "diffusion"]
 StyleName = Literal["cartoon", "sketch", "watercolor", "product"]
+ControlType = Literal["canny", "tile", "depth"]
+MAX_CONTROLS = 3
+MAX_LORAS = 5
+MAX_CLIP_SKIP = 11  # SD's CLIP has 12 layers; a smaller text encoder is checked against its own at submit
+
+
+class Control(BaseModel):
+    """One ControlNet guiding a diffusion job by a map computed from the input."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: ControlType = Field(description="canny: edges (OpenCV, thresholds from the median); tile: a blurred "
+                                          "downsample (keeps colours and layout); depth: a depth map (a depth "
+                                          "model of the library)")
+    scale: float = Field(1.0, ge=0.0, le=2.0, description="how strongly the map guides (controlnet_conditioning_scale)")
+    start: float = Field(0.0, ge=0.0, le=1.0, description="the fraction of the schedule where guidance starts")
+    end: float = Field(1.0, ge=0.0, le=1.0, description="the fraction of the schedule where guidance ends")
+    model: str | None = Field(None, max_length=200, description="the ControlNet (a library name); chosen by type "
+                                                                "and recorded at submit when left out")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Control":
+        if self.start >= self.end:
+            raise ValueError(f"control {self.type}: start ({self.start}) must be before end ({self.end})")
+        return self
+
+
+class Lora(BaseModel):
+    """One LoRA (a library name) applied with a weight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200, description="a LoRA of the library (GET /api/v1/models)")
+    weight: float = Field(1.0, ge=-2.0, le=2.0, description="its strength: 0 leaves the model as it is")
+
+
+def _listed(value: Any, *, key: str, number: str) -> Any:
+    """A form field's text as a list: JSON (``[{"type": "canny"}]``), or comma-separated
+    ``item[:number]`` (``canny:0.8,tile`` / ``my-lora:0.6``); anything else is left to validation."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if not text:
+        return []
+    if text[0] in "[{":
+        try:
+            loaded = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"not valid JSON: {e}") from e
+        return [loaded] if isinstance(loaded, dict) else loaded
+    items = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        head, sep, tail = part.rpartition(":") if ":" in part else (part, "", "")
+        items.append({key: head, number: tail} if sep else {key: part})
+    return items
 
 
 class JobParams(BaseModel):
@@ -79,12 +135,47 @@ class JobParams(BaseModel):
     upscale: Literal[1, 2, 4] = Field(1, description="enhance: enlarge the result by this factor")
     sharpen: bool = Field(False, description="enhance: sharpen the result")
     local_contrast: bool = Field(False, description="enhance: local contrast (CLAHE)")
+    quality: Literal["draft", "standard", "best"] | None = Field(None, description="diffusion: a service level: "
+                                                                   "its steps and size unless you send them, and "
+                                                                   "the class of worker (queue, precision) that "
+                                                                   "serves it (setting quality_levels)")
+    priority: Literal["high", "normal", "low"] = Field("normal", description="which queue level it waits in: "
+                                                                         "workers take high before normal before "
+                                                                         "low; a tenant's highest allowed level is "
+                                                                         "set by the admin")
+    model: str | None = Field(None, max_length=500, description="diffusion: the checkpoint, a name from GET "
+                                                                "/api/v1/models; left out: the server's default "
+                                                                "(recorded at submit)")
+    control: list[Control] = Field(default_factory=list, max_length=MAX_CONTROLS,
+                                   description="diffusion: ControlNets guiding the result by maps of the input "
+                                               "(as a form field also `canny:0.8,tile`)")
+    loras: list[Lora] = Field(default_factory=list, max_length=MAX_LORAS,
+                              description="diffusion: LoRAs applied with their weights (as a form field also "
+                                          "`name:0.7,other`)")
+    clip_skip: int = Field(0, ge=0, le=MAX_CLIP_SKIP, description="diffusion: skip the text encoder's last layers "
+                                                                 "(0: none, 1: the penultimate layer's output)")
+
+    @field_validator("control", mode="before")
+    @classmethod
+    def _control_text(cls, value: Any) -> Any:
+        return _listed(value, key="type", number="scale")
+
+    @field_validator("loras", mode="before")
+    @classmethod
+    def _loras_text(cls, value: Any) -> Any:
+        return _listed(value, key="name", number="weight")
 
     @model_validator(mode="after")
     def _enough_steps(self) -> "JobParams":
         reason = no_denoising_reason(self.steps, self.strength) if self.engine == "diffusion" else None
         if reason:
             raise ValueError(reason)
+        types = [c.type for c in self.control]
+        if len(set(types)) != len(types):
+            raise ValueError(f"each control type may appear once, got {', '.join(types)}")
+        names = [lora.name for lora in self.loras]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each LoRA may appear once, got {', '.join(names)}")
         return self
 
 
@@ -125,10 +216,14 @@ class Job:
     outputs: dict[str, str] = field(default_factory=dict)
     audit: dict[str, Any] | None = None
     error: dict[str, str] | None = None
+    # where the input came from: {"kind": "upload"}, {"kind": "data_uri", "media_type": …} or
+    # {"kind": "url", "url": …}; never the data itself. A URL job has no input_ref until it is fetched.
+    source: dict[str, Any] | None = None
 
     @classmethod
     def create(cls, *, tenant: str, params: JobParams, input_ref: str, input_name: str = "",
-               batch_id: str | None = None, deadline_s: float | None = None) -> "Job":
+               batch_id: str | None = None, deadline_s: float | None = None,
+               source: dict[str, Any] | None = None) -> "Job":
         return cls(
             expires_at=time.time() + deadline_s if deadline_s else None,
             id=new_id(),
@@ -137,6 +232,7 @@ class Job:
             input_ref=input_ref,
             input_name=input_name,
             batch_id=batch_id,
+            source=source,
         )
 
     @property

@@ -80,6 +80,8 @@ def start_process() -> None:
         import torch
 
         torch.set_num_threads(rt.settings.torch_threads)
+    if _context is not None and "gpu" in _context.queues:
+        rt.adopt_plan()  # the autotune plan of this device (dtype, max batch), before anything loads
     _heartbeat = Heartbeat(rt.redis, describe, hostname=hostname, lease_ttl_s=rt.settings.stage_lease_s).start()
     try:
         rt.warm_up(batching=bool(_context and _context.batches_generate))
@@ -110,9 +112,18 @@ def describe() -> dict[str, Any]:
     loaded = rt.loaded_diffusion()
     if loaded is not None:
         fields.update(device=loaded.device, dtype=loaded.dtype_name, model=loaded.engine.model)
+        backend = getattr(loaded.engine, "backend", None)
+        if backend is not None:
+            fields["backend"] = backend.label
+    from workers.openvino_backend import conversion_status
+
+    if (converting := conversion_status()) is not None:
+        fields["converting"] = converting
     batcher = rt.generate_batcher()
     if batcher is not None:
         fields["batching"] = {"max_batch": batcher.max_batch, "max_wait_ms": round(batcher.max_wait_s * 1000)}
+    if rt.plan is not None:
+        fields["plan"] = rt.plan  # the autotune plan in use (tasks.autotune)
     return fields
 
 

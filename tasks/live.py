@@ -1,7 +1,9 @@
 """Live updates of jobs over Redis pub/sub: what the job store publishes. The web's hub
 (web/live_hub.py) subscribes and fans them out to every viewer of the Server-Sent Events.
 
-Channels: ``pixelmill:live:job:<job id>`` and, for batch members, ``pixelmill:live:batch:<batch id>``.
+Channels: ``pixelmill:live:job:<job id>`` and, for batch members, ``pixelmill:live:batch:<batch id>``;
+and per tenant, ``pixelmill:live:tenant:<tenant>``, which carries the tenant's webhook events
+(events, below) for ``GET /api/v1/events`` (``pixelmill webhooks listen``).
 Messages are compact JSON objects with a ``type`` (docs/live.md):
 
 - ``job``: a committed transition — status, stage, error, links once finished, and the job's
@@ -10,6 +12,12 @@ Messages are compact JSON objects with a ``type`` (docs/live.md):
   out exactly when the change commits, in commit order, and never for a change that did not.
 - ``progress``: a denoising step (stage, step, steps), in save_progress's pipeline.
 - ``preview``: a new preview image was stored (``JobStore.save_preview``).
+- on the tenant channel only: webhook events as the outbox holds them (``tasks.events.JobEvent`` as
+  JSON: id, type, subject …, and the job's record as its ``snapshot``), published by the same transition
+  script as it commits: job.started and the terminal event of each job, and batch.completed by the
+  job that completes its batch. Cheap when nobody listens: two PUBLISHes per job (three for the
+  last of a batch) inside the round trip the transition makes anyway, to a channel without
+  subscribers; the record is not serialised again (``AroundRecord``).
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import redis
 
 from tasks.jobs import Job, JobStatus
 from tasks.present import current_stage
-from tasks.transition import AroundRecord, Writes
+from tasks.events import JobEvent
+from tasks.transition import COMPLETES, AroundRecord, Writes
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +44,9 @@ _batch_ids: dict[str, str | None] = {}  # job id -> batch id (never changes), pe
 
 
 def channel_for(kind: str, subject_id: str) -> str:
-    """Every pub/sub channel of live updates: ``pixelmill:live:<job|batch>:<id>``."""
-    if kind not in ("job", "batch"):
-        raise ValueError(f"live channels are per 'job' or 'batch', not {kind!r}")
+    """Every pub/sub channel of live updates: ``pixelmill:live:<job|batch|tenant>:<id>``."""
+    if kind not in ("job", "batch", "tenant"):
+        raise ValueError(f"live channels are per 'job', 'batch' or 'tenant', not {kind!r}")
     return f"{PREFIX}:{kind}:{subject_id}"
 
 
@@ -64,6 +73,20 @@ def stage_job(pipe: Writes, job: Job) -> None:
             pipe.publish(channel, message)
     except Exception:  # noqa: BLE001 - a live update must never fail a state change
         log.warning("live: could not publish the transition of job %s", job.id, exc_info=True)
+
+
+def stage_events(pipe: Writes, tenant: str, events: list[JobEvent], batch_event: JobEvent | None) -> None:
+    """Add a transition's webhook events to it, published on the tenant's channel (the batch event
+    only if this job completes its batch). Never raises, as ``stage_job``."""
+    try:
+        channel = channel_for("tenant", tenant)
+        for event in events:
+            pipe.publish(channel, event.around_snapshot())
+        if batch_event is not None:
+            with pipe.when(COMPLETES):
+                pipe.publish(channel, batch_event.to_json())
+    except Exception:  # noqa: BLE001 - a live update must never fail a state change
+        log.warning("live: could not publish the events of tenant %s", tenant, exc_info=True)
 
 
 def stage_progress(pipe: redis.client.Pipeline, job_id: str, *, batch_id: str | None, stage: str, step: int,

@@ -12,7 +12,14 @@ Written (each in one pipeline, a handful of commands, never raising into a stage
 The same fields go to a ``totals`` hash (since the start, for Prometheus counters) and to a hash
 per minute (TTL ~2 h, for "the last hour" on the dashboard). Field names:
 ``lat:<stage>:<queue>:<bucket>``, ``lat_sum:<stage>:<queue>``, ``dev:<stage>:<queue>``,
-``usd:<queue>``, ``jobs:<state>``, ``img:<queue>``, ``webhook:<outcome>``, ``created``.
+``usd:<queue>``, ``jobs:<state>``, ``img:<queue>``, ``webhook:<outcome>``, ``created``, and per
+priority for succeeded jobs ``sla:<wait|total>:<priority>:<bucket>``, ``sla_sum:…`` and
+``breach:<priority>`` (service levels: tasks.priority).
+
+Each tenant has the same two kinds of hash (``tenant:<tenant>:totals`` and ``…:minute:<m>``), for
+the figures a tenant sees of its own work: written once per job, when it ends (its stages' latency
+and device-seconds, its state, its images), at its creation and per webhook attempt. Cost is not
+stored there: it is device-seconds priced at read time (as a job's own cost is).
 """
 
 from __future__ import annotations
@@ -48,8 +55,12 @@ def minute_of(t: float) -> int:
     return int(t // 60)
 
 
-def _minute_key(minute: int) -> str:
-    return metrics_key("minute", str(minute))
+def _minute_key(minute: int, tenant: str | None = None) -> str:
+    return metrics_key("minute", str(minute)) if tenant is None else metrics_key("tenant", tenant, "minute", str(minute))
+
+
+def _totals_key(tenant: str | None = None) -> str:
+    return metrics_key("totals") if tenant is None else metrics_key("tenant", tenant, "totals")
 
 
 # --- histogram math -----------------------------------------------------------------------------
@@ -116,6 +127,8 @@ class Aggregate:
     jobs: dict[str, int] = field(default_factory=dict)                       # terminal state
     images: dict[str, int] = field(default_factory=dict)                     # queue
     webhooks: dict[str, int] = field(default_factory=dict)                   # outcome
+    sla: dict[tuple[str, str], Histogram] = field(default_factory=dict)      # (wait | total, priority)
+    breaches: dict[str, int] = field(default_factory=dict)                   # priority
     created: int = 0
 
     @classmethod
@@ -149,12 +162,23 @@ class Aggregate:
             table[rest] = table.get(rest, 0) + int(value)
         elif kind == "created":
             self.created += int(value)
+        elif kind == "sla":
+            measure, _, rest = rest.partition(":")
+            priority, _, index = rest.rpartition(":")
+            self.sla.setdefault((measure, priority), Histogram()).counts[int(index)] += int(value)
+        elif kind == "sla_sum":
+            measure, _, priority = rest.partition(":")
+            self.sla.setdefault((measure, priority), Histogram()).sum += float(value)
+        elif kind == "breach":
+            self.breaches[rest] = self.breaches.get(rest, 0) + int(value)
 
     def merge(self, other: "Aggregate") -> "Aggregate":
-        for key, hist in other.latency.items():
-            self.latency.setdefault(key, Histogram()).merge(hist)
+        for mine_h, theirs_h in ((self.latency, other.latency), (self.sla, other.sla)):
+            for key, hist in theirs_h.items():
+                mine_h.setdefault(key, Histogram()).merge(hist)
         for mine, theirs in ((self.device_s, other.device_s), (self.usd, other.usd), (self.jobs, other.jobs),
-                             (self.images, other.images), (self.webhooks, other.webhooks)):
+                             (self.images, other.images), (self.webhooks, other.webhooks),
+                             (self.breaches, other.breaches)):
             for key, value in theirs.items():
                 mine[key] = mine.get(key, 0) + value
         self.created += other.created
@@ -197,14 +221,19 @@ def count_created(pipe: redis.client.Pipeline, jobs: Iterable[Job]) -> None:
     """New jobs are active and queued. Queued on the store's pipeline (no I/O here)."""
     try:
         jobs = list(jobs)
+        per_tenant: dict[str, int] = {}
         for job in jobs:
             pipe.hset(metrics_key("active"), job.id, _active_value(job))
+            per_tenant[job.tenant] = per_tenant.get(job.tenant, 0) + 1
         pipe.hincrby(metrics_key("totals"), "created", len(jobs))
+        for tenant, n in per_tenant.items():
+            pipe.hincrby(_totals_key(tenant), "created", n)
     except Exception as e:  # noqa: BLE001
         log.warning("metrics: could not count new jobs: %s", e)
 
 
-def count_transition(pipe: Writes, before: JobStatus, job: Job, *, now: float | None = None) -> None:
+def count_transition(pipe: Writes, before: JobStatus, job: Job, *, now: float | None = None,
+                     sla_target_s: Mapping[str, float] | None = None) -> None:
     """A job moved from ``before`` to ``job.status``: added to the store's transition, so a
     terminal state is counted exactly once (terminal states never change again)."""
     if before is job.status:
@@ -214,26 +243,62 @@ def count_transition(pipe: Writes, before: JobStatus, job: Job, *, now: float | 
             pipe.hset(metrics_key("active"), job.id, _active_value(job))
             return
         pipe.hdel(metrics_key("active"), job.id)
-        minute = _minute_key(minute_of(time.time() if now is None else now))
+        at = minute_of(time.time() if now is None else now)
+        minute, tenant_minute = _minute_key(at), _minute_key(at, job.tenant)
         queues = sorted({r.queue for r in job.stages.values() if r.done and r.queue})
-        for key in (metrics_key("totals"), minute):
+        for key in (metrics_key("totals"), minute, _totals_key(job.tenant), tenant_minute):
             pipe.hincrby(key, f"jobs:{job.status.value}", 1)
             if job.status is JobStatus.SUCCEEDED:
                 for queue in queues:
                     pipe.hincrby(key, f"img:{queue}", 1)
+        for key in (_totals_key(job.tenant), tenant_minute):  # the service's own are written per stage
+            _job_stages(pipe, key, job)
+        if job.status is JobStatus.SUCCEEDED:
+            for key in (metrics_key("totals"), minute, _totals_key(job.tenant), tenant_minute):
+                _job_sla(pipe, key, job, target_s=(sla_target_s or {}).get(job.params.get("priority", "normal")))
         pipe.expire(minute, MINUTE_TTL_S)
+        pipe.expire(tenant_minute, MINUTE_TTL_S)
     except Exception as e:  # noqa: BLE001
         log.warning("metrics: could not count job %s moving to %s: %s", job.id, job.status.value, e)
 
 
-def record_webhook(client: redis.Redis, outcome: str, *, now: float | None = None) -> None:
+def _job_stages(pipe: Writes, key: str, job: Job) -> None:
+    """The latency and device-seconds of a job's finished stages, as stage_metrics writes them."""
+    for stage, record in job.stages.items():
+        if not record.done:
+            continue
+        q = record.queue or UNKNOWN_QUEUE
+        seconds = record.seconds or 0.0
+        pipe.hincrby(key, f"lat:{stage}:{q}:{bucket_index(seconds)}", 1)
+        pipe.hincrbyfloat(key, f"lat_sum:{stage}:{q}", round(seconds, 6))
+        if record.device_s:
+            pipe.hincrbyfloat(key, f"dev:{stage}:{q}", round(record.device_s, 6))
+
+
+def _job_sla(pipe: Writes, key: str, job: Job, *, target_s: float | None) -> None:
+    """A succeeded job's service level, per priority: its total latency (submit → end), the part
+    of it spent waiting in queues (total − its stages' own time), and a breach past the target."""
+    priority = job.params.get("priority", "normal")
+    total = max((job.finished_at or job.updated_at) - job.created_at, 0.0)
+    wait = max(total - sum(r.seconds or 0.0 for r in job.stages.values() if r.done), 0.0)
+    for measure, seconds in (("total", total), ("wait", wait)):
+        pipe.hincrby(key, f"sla:{measure}:{priority}:{bucket_index(seconds)}", 1)
+        pipe.hincrbyfloat(key, f"sla_sum:{measure}:{priority}", round(seconds, 6))
+    if target_s is not None and total > target_s:
+        pipe.hincrby(key, f"breach:{priority}", 1)
+
+
+def record_webhook(client: redis.Redis, outcome: str, *, tenant: str | None = None, now: float | None = None) -> None:
     """A webhook attempt ended: delivered, retry (it will be tried again) or dead (dead-lettered)."""
     try:
-        minute = _minute_key(minute_of(time.time() if now is None else now))
+        at = minute_of(time.time() if now is None else now)
+        tenants = [None] if tenant is None else [None, tenant]
         with client.pipeline(transaction=False) as pipe:
-            pipe.hincrby(metrics_key("totals"), f"webhook:{outcome}", 1)
-            pipe.hincrby(minute, f"webhook:{outcome}", 1)
-            pipe.expire(minute, MINUTE_TTL_S)
+            for who in tenants:
+                minute = _minute_key(at, who)
+                pipe.hincrby(_totals_key(who), f"webhook:{outcome}", 1)
+                pipe.hincrby(minute, f"webhook:{outcome}", 1)
+                pipe.expire(minute, MINUTE_TTL_S)
             pipe.execute()
     except Exception as e:  # noqa: BLE001
         log.warning("metrics: could not record a webhook %s: %s", outcome, e)
@@ -245,28 +310,36 @@ def _active_value(job: Job) -> str:
 
 # --- reads ------------------------------------------------------------------------------------------
 
-def fetch_totals(client: redis.Redis) -> Aggregate:
-    return Aggregate.parse(client.hgetall(metrics_key("totals")))
+def fetch_totals(client: redis.Redis, *, tenant: str | None = None) -> Aggregate:
+    """Since the counters started: the whole service's, or one tenant's."""
+    return Aggregate.parse(client.hgetall(_totals_key(tenant)))
 
 
-def fetch_minutes(client: redis.Redis, *, minutes: int = WINDOW_MINUTES,
-                  now: float | None = None) -> list[tuple[int, Aggregate]]:
-    """One aggregate per minute for the last ``minutes`` minutes (this one included), oldest first."""
+def fetch_minutes(client: redis.Redis, *, minutes: int = WINDOW_MINUTES, now: float | None = None,
+                  tenant: str | None = None) -> list[tuple[int, Aggregate]]:
+    """One aggregate per minute for the last ``minutes`` minutes (this one included), oldest first:
+    the whole service's, or one tenant's."""
     last = minute_of(time.time() if now is None else now)
     span = list(range(last - minutes + 1, last + 1))
     with client.pipeline(transaction=False) as pipe:
         for minute in span:
-            pipe.hgetall(_minute_key(minute))
+            pipe.hgetall(_minute_key(minute, tenant))
         raws = pipe.execute()
     return [(minute, Aggregate.parse(raw)) for minute, raw in zip(span, raws, strict=True)]
 
 
-def fetch_active(client: redis.Redis, *, max_age_s: float, now: float | None = None) -> dict[str, int]:
-    """Unfinished jobs by current state. An entry older than ``max_age_s`` (the job's record has
-    expired without ever finishing) is not counted."""
+def fetch_active(client: redis.Redis, *, max_age_s: float, now: float | None = None,
+                 job_ids: Iterable[str] | None = None) -> dict[str, int]:
+    """Unfinished jobs by current state: every job's, or only ``job_ids``' (a tenant's). An entry
+    older than ``max_age_s`` (the job's record has expired without ever finishing) is not counted."""
     cutoff = (time.time() if now is None else now) - max_age_s
     counts: dict[str, int] = {s.value: 0 for s in JobStatus if not s.is_terminal()}
-    for value in client.hvals(metrics_key("active")):
+    if job_ids is None:
+        values = client.hvals(metrics_key("active"))
+    else:
+        ids = list(job_ids)
+        values = [v for v in client.hmget(metrics_key("active"), ids) if v is not None] if ids else []
+    for value in values:
         state, _, updated = value.decode().partition("|")
         if state in counts and (not updated.isdigit() or int(updated) >= cutoff):
             counts[state] += 1

@@ -43,6 +43,8 @@ class JobLinks(View):
     result: str | None = Field(None, description="the result image (PNG); only once the job succeeded")
     cancel: str | None = Field(None, description="POST here to cancel; only while the job runs")
     batch: str | None = Field(None, description="the batch this job belongs to, if any")
+    controls: dict[str, str] | None = Field(None, description="the control maps its ControlNets were guided by "
+                                                              "(PNG), by type; once encode made them")
 
 
 class Progress(View):
@@ -108,6 +110,14 @@ class BatchCost(Cost):
     per_image_usd: float | None = Field(description="spend ÷ succeeded images; null before the first")
 
 
+class Source(View):
+    """Where the job's input image came from: an upload, a data URI or a URL (never the data itself)."""
+
+    kind: Literal["upload", "data_uri", "url"]
+    url: str | None = Field(None, description="kind url: the URL it is fetched from, as it was given")
+    media_type: str | None = Field(None, description="kind data_uri: the media type the URI declared")
+
+
 class Job(View):
     """A job as the API (and the webhooks) show it: links to images, never bytes."""
 
@@ -117,7 +127,9 @@ class Job(View):
     stage: str | None = Field(description="the stage running or next; null once the job ended")
     progress: Progress | None
     params: JobParams = Field(description="the parameters it runs with (the seed is always recorded)")
-    input_name: str = Field(description="the uploaded file's name")
+    input_name: str = Field(description="the uploaded file's name (for a URL, the last part of its path)")
+    source: Source | None = Field(None, description="where the input came from; a job of kind url stays "
+                                                    "queued while its image is fetched (on the io queue)")
     created_at: Timestamp
     updated_at: Timestamp
     finished_at: Timestamp | None
@@ -157,10 +169,13 @@ def job_view(job: JobRecord, *, progress: dict[str, Any] | None = None, base_url
     links = JobLinks(self=api, page=f"{base_url}/jobs/{job.id}", input=f"{api}/input",
                      result=f"{api}/result" if job.status is JobStatus.SUCCEEDED else None,
                      cancel=None if job.status.is_terminal() else f"{api}/cancel",
-                     batch=f"{base_url}/api/v1/batches/{job.batch_id}" if job.batch_id else None)
+                     batch=f"{base_url}/api/v1/batches/{job.batch_id}" if job.batch_id else None,
+                     controls={name.removeprefix("control_"): f"{api}/control/{name.removeprefix('control_')}"
+                               for name in sorted(job.outputs) if name.startswith("control_")} or None)
     return model(
         id=job.id, batch_id=job.batch_id, status=job.status, stage=current_stage(job), progress=progress or None,
-        params=job.params, input_name=job.input_name, created_at=job.created_at, updated_at=job.updated_at,
+        params=job.params, input_name=job.input_name, source=job.source, created_at=job.created_at,
+        updated_at=job.updated_at,
         finished_at=job.finished_at, expires_at=job.expires_at,
         stages={name: _stage_view(job, name) for name in STAGES}, audit=job.audit, error=job.error,
         cost=Cost(**job_cost(job, _prices(prices)).to_dict()),  # tasks.cost: device-seconds priced per queue
@@ -210,7 +225,13 @@ def cache_label(cached: bool, cache: dict[str, Any] | None) -> str | None:
         return cache["note"]
     if cache.get("latent_tier"):
         tier = cache["latent_tier"]
-        return "latent re-encoded (not in the cache)" if tier == "recomputed" else f"latent from the {tier} tier"
+        label = "latent re-encoded (not in the cache)" if tier == "recomputed" else f"latent from the {tier} tier"
+        prompt = cache.get("prompt")
+        if prompt in ("hot", "redis"):
+            label += f"; prompt embedding from the {prompt} tier (prompt cache hit)"
+        elif prompt:
+            label += "; prompt encoded (prompt cache miss)"
+        return label
     return None
 
 

@@ -17,6 +17,10 @@
   not started, no change since before the restart) gets one more; a duplicate finds the done
   markers or the terminal state and does nothing. RabbitMQ keeps unacknowledged messages itself.
 
+- A blob (tasks.blobs) that no job has needed since a while is deleted: each job keeps its input
+  and outputs for as long as its record lives (``job_ttl_s``), and a blob that two jobs share goes
+  only after both. Latents need nothing here: every cache key carries its own TTL (``latent_ttl_s``).
+
 Run it as a process (``pixelmill reaper``); several reapers are safe: each change is a
 transaction and terminal states never change.
 """
@@ -32,10 +36,12 @@ from tasks.errors import InvalidTransition, JobNotFound
 from tasks.jobs import Job, JobStatus
 from tasks.pipeline import enqueue_from
 from tasks.present import current_stage
+from tasks.priority import promote_aged
 from tasks.services import Services
 from tasks.store import store_key
 
 log = logging.getLogger(__name__)
+BLOB_GRACE_S = 300  # a blob stays this long past its last job's expiry (clocks of other machines, in-flight writes)
 
 
 @dataclass
@@ -43,6 +49,9 @@ class ReapReport:
     expired: list[str] = field(default_factory=list)
     requeued: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    blobs_deleted: int = 0
+    blob_bytes_deleted: int = 0
+    promoted: dict[str, int] = field(default_factory=dict)  # queue → messages moved up a level
 
 
 def reap(rt: Services, *, now: float | None = None) -> ReapReport:
@@ -54,6 +63,10 @@ def reap(rt: Services, *, now: float | None = None) -> ReapReport:
             _reap_job(rt, job, now=now, broker_since=broker_since, report=report)
         except (InvalidTransition, JobNotFound):
             continue  # it moved on (or ended) while we looked: not stuck
+    if rt.broker_redis is not None:  # the starvation guard (RabbitMQ: no promotion)
+        report.promoted = promote_aged(rt.broker_redis, older_than_s=rt.settings.priority_promote_after_s, now=now)
+    deleted = rt.blobs.delete_expired(now=now - BLOB_GRACE_S)
+    report.blobs_deleted, report.blob_bytes_deleted = deleted.count, deleted.bytes
     return report
 
 
@@ -120,9 +133,10 @@ def run_forever(rt: Services) -> None:
     while True:
         try:
             report = reap(rt)
-            if report.expired or report.requeued or report.failed:
-                log.info("reaper: expired %d, requeued %d, failed %d",
-                         len(report.expired), len(report.requeued), len(report.failed))
+            if report.expired or report.requeued or report.failed or report.blobs_deleted:
+                log.info("reaper: expired %d, requeued %d, failed %d; deleted %d blobs (%d bytes)",
+                         len(report.expired), len(report.requeued), len(report.failed),
+                         report.blobs_deleted, report.blob_bytes_deleted)
         except Exception:  # noqa: BLE001 — keep reaping through Redis restarts
             log.exception("reaper: pass failed; trying again in %s s", interval)
         _kick_webhooks(rt)

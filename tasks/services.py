@@ -44,7 +44,8 @@ class Services:
 
     @cached_property
     def store(self) -> JobStore:
-        return JobStore(self.redis, ttl_s=self.settings.job_ttl_s, on_events=self._announce)
+        return JobStore(self.redis, ttl_s=self.settings.job_ttl_s, on_events=self._announce,
+                        sla_target_s=self.settings.sla_target_s)
 
     @cached_property
     def webhooks(self) -> WebhookStore:
@@ -62,7 +63,8 @@ class Services:
 
     @cached_property
     def blobs(self) -> BlobStore:
-        return BlobStore(self.settings.blob_dir)
+        # Indexed in the job store's Redis: the reaper deletes a blob once no job needs it (tasks.blobs)
+        return BlobStore(self.settings.blob_dir, index=self.redis, keep_s=self.settings.job_ttl_s)
 
     @cached_property
     def cache_backend(self) -> Backend:

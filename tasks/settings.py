@@ -11,10 +11,10 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 STAGES = ("encode", "generate", "enhance", "audit")
 QUEUES = ("cpu", "gpu", "io")
@@ -29,8 +29,24 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("var"), description="blobs (uploads, results) and the embedded Redis live here")
 
     # --- models and devices --------------------------------------------------------------
-    diffusion_model: str | None = Field(None, description="hub id or local folder (save_pretrained); unset = diffusion off")
+    diffusion_model: str | None = Field(None, description="the default model of diffusion jobs: a name in the model "
+                                                          "library, a local folder (save_pretrained) or a hub id; "
+                                                          "unset = only jobs naming a library model run diffusion")
     diffusion_revision: str | None = None
+    models_dir: Path = Field(Path("var/models"), description="the model library: checkpoints (diffusers folders or "
+                                                            "single .safetensors files), loras/, controlnets/, "
+                                                            "depth/, configs/ (README: the model library)")
+    gpu_model_slots: int = Field(2, ge=1, le=32, description="checkpoints a worker process keeps loaded at once "
+                                                           "(least recently used goes first)")
+    lora_slots: int = Field(8, ge=1, le=128, description="LoRA adapters a loaded checkpoint keeps loaded (least "
+                                                       "recently used goes first)")
+    controlnets: dict[str, str] = Field(default_factory=dict, description='the ControlNet (library name) that serves '
+                                                                          'each control type, e.g. {"canny": '
+                                                                          '"control_v11p_sd15_canny"}; unmapped types '
+                                                                          'use controlnets/<type> or a ControlNet '
+                                                                          'whose name contains the type')
+    depth_model: str | None = Field(None, description="the depth estimator (a name in depth/) that makes depth "
+                                                      "control maps; unset: the library's first one")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     dtype: str = Field("auto", description="auto (fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16")
     preload_models: bool = Field(False, description="load (and warm up) the diffusion model when a worker "
@@ -45,6 +61,14 @@ class Settings(BaseSettings):
                                                    "(warm-up), then faster steps; each new shape compiles again")
     vae_slicing: Literal["auto", "on", "off"] = Field("auto", description="decode a batch one image at a "
                                                                        "time (less memory); auto: batches of 4+")
+    cpu_backend: Literal["auto", "openvino", "torch"] = Field(
+        "auto", description="what runs diffusion on a CPU device: openvino (the UNet and VAE converted once into "
+                            "models_dir/openvino/, ~5x torch fp32 in bf16) or torch; auto: openvino where the CPU "
+                            "has bf16 units (avx512_bf16 or AMX) and the package is installed, else torch "
+                            "(README: running diffusion on CPUs)")
+    cpu_precision: Literal["bf16", "f32"] = Field(
+        "bf16", description="precision of diffusion on a CPU device: bf16 (fast; on torch, autocast) or f32 "
+                            "(exact); a CPU without bf16 units runs f32")
 
     # --- dynamic batching of generate on the gpu queue (docs/batching.md) ---------------------
     gpu_max_batch: int = Field(8, ge=1, le=64, description="generate requests run as one batch, at most; "
@@ -62,7 +86,7 @@ class Settings(BaseSettings):
     @classmethod
     def _known_routes(cls, routes: dict[str, str]) -> dict[str, str]:
         """A key names a stage (or notify) and an engine (or *): a typo would be ignored silently."""
-        stages, engines = (*STAGES, "notify"), ("style", "diffusion", "*")
+        stages, engines = (*STAGES, "notify", "fetch"), ("style", "diffusion", "*")
         for key, queue in routes.items():
             stage, _, engine = key.partition(":")
             if stage not in stages or engine not in engines:
@@ -88,14 +112,43 @@ class Settings(BaseSettings):
     stage_lease_s: int = Field(30, ge=10, description="a running stage whose worker has not renewed its lease this "
                                                       "long is enqueued again (the worker is gone); renewed every 5 s")
     reaper_interval_s: int = Field(10, gt=0, description="seconds between reaper passes")
+    priority_promote_after_s: int = Field(300, ge=10, description="a job waiting this long in a low (then "
+                                                                  "normal) queue moves up one level: no starvation")
+    quality_levels: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"draft": {"steps": 10, "size": 384, "queue": "gpu"},
+                                 "standard": {"steps": 20, "size": 512, "queue": "gpu"},
+                                 "best": {"steps": 40, "size": 768, "queue": "gpu"}},
+        description="quality=draft|standard|best: defaults for steps, size (and strength) and the queue whose "
+                    "workers serve its diffusion stages (give that queue's workers the precision you want with "
+                    "PIXELMILL_DTYPE, e.g. best on fp32 workers of a queue `gpu-exact`)")
+    sla_target_s: dict[str, float] = Field(default_factory=lambda: {"high": 60.0, "normal": 600.0, "low": 3600.0},
+                                           description="per priority: the longest a job may take from submit to "
+                                                       "its end; a slower one counts as a breach (dashboard, "
+                                                       "/metrics)")
+    max_priority: Literal["high", "normal", "low"] = Field("high", description="the highest priority a tenant may "
+                                                                           "ask for, unless the admin set its own "
+                                                                           "(`pixelmill policy --max-priority`)")
 
     # --- limits -------------------------------------------------------------------------
     max_upload_bytes: int = 25 * 1024 * 1024
     max_side: int = 8192
     max_pixels: int = 40_000_000
-    max_batch_files: int = 100
-    max_request_bytes: int = 200 * 1024 * 1024
+    max_batch_files: int = Field(100, ge=1, description="files in one batch (POST /api/v1/batches, the upload "
+                                                        "form); `pixelmill submit` sends --batch-size (100) per "
+                                                        "request and shrinks to this when told")
+    decode_concurrency: int = Field(2, ge=1, le=64, description="uploads decoded and validated at once per web "
+                                                                "process (each may hold max_pixels of pixels); "
+                                                                "more wait their turn")
+    max_request_bytes: int = Field(200 * 1024 * 1024, description="the largest body of an upload request "
+                                                                  "(a job, a batch, the upload form); every "
+                                                                  "other route takes at most 64 KiB (413 beyond)")
     max_output_pixels: int = 64_000_000
+
+    # --- input URLs (JSON submissions: docs/api.md) ------------------------------------------
+    input_allow_private: bool = Field(False, description="allow input image URLs on loopback/private/link-local "
+                                                         "addresses (trusted networks and tests only)")
+    input_fetch_timeout_s: float = Field(20.0, gt=0, le=300, description="the whole fetch of an input image URL, "
+                                                                        "redirects included (on the io queue)")
 
     # --- lifetimes ------------------------------------------------------------------------
     job_ttl_s: int = 7 * 24 * 3600
@@ -118,10 +171,37 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     default_tenant: str = Field("local", description="the tenant of every request while auth is off")
+    operator_tenant: str | None = Field(None, description="the tenant whose admin keys see every tenant's figures "
+                                                          "on /dashboard and /api/v1/stats (unset: nobody, with "
+                                                          "auth on)")
+    allow_open: bool = Field(False, description="let `pixelmill web`/`up` listen on a non-loopback address with auth "
+                                               "off (anyone who reaches it can use it); turn auth on instead")
+    flower_auth: str | None = Field(None, description="user:password that `pixelmill flower` (Celery's monitor) "
+                                                      "requires; it does not start without one")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="host names the web answers to besides the loopback ones (localhost, 127.0.0.1, [::1], "
+                    "any port), comma-separated, e.g. pixelmill.example.com,.example.org (a leading dot: "
+                    "that domain and its subdomains); any other Host header is refused with 400 "
+                    "(DNS rebinding)")
+
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: Any) -> Any:
+        """``a.example, b.example`` or a JSON list (the environment, a settings file)."""
+        if isinstance(value, str):
+            value = json.loads(value) if value.lstrip().startswith("[") else value.split(",")
+        if isinstance(value, list | tuple):
+            return [str(host).strip().lower() for host in value if str(host).strip()]
+        return value
 
     # --- tenants, auth and limits -------------------------------------------------------------
     auth_enabled: bool = Field(False, description="require an API key (API) or a login (web pages)")
     secret_key: str | None = Field(None, description="signs session cookies; default: generated once into data_dir")
+    session_lifetime_s: int = Field(12 * 3600, gt=0, description="a login (session cookie) lasts this long; "
+                                                                 "revoking its key ends it at once")
+    session_cookie_secure: bool = Field(False, description="always mark the session cookie Secure (behind a "
+                                                           "TLS-terminating proxy); HTTPS requests get it anyway")
     rate_limit_per_minute: int = Field(60, description="submissions per tenant per minute (429 beyond)")
     max_active_jobs: int = Field(1000, description="unfinished jobs a tenant may have at once (429 beyond)")
 
@@ -141,6 +221,17 @@ class Settings(BaseSettings):
     webhook_max_response_bytes: int = Field(64 * 1024, ge=0, description="read at most this much of an answer")
     webhook_endpoint_concurrency: int = Field(4, ge=1, description="attempts in flight per endpoint, so one "
                                                                    "slow receiver cannot hold every io thread")
+    webhook_max_endpoints: int = Field(20, ge=0, description="standing webhook endpoints a tenant may have "
+                                                            "(each hears every event: one POST per endpoint)")
+
+    # --- scheduled batches (`pixelmill beat`, tasks/schedules.py) -------------------------------------
+    schedules: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description='batches fired by `pixelmill beat`: a JSON list of `{"name", "cron": "*/5 * * * *" or '
+                    '"every_s": 300, "folder", "out", "params": {…}, "webhook_url" (optional), "tenant" '
+                    '(optional)}`; each run submits the folder\'s images that have no up-to-date result in out '
+                    'as one batch (io queue) and writes the results to out/<stem>.png (README: scheduled '
+                    'batches)')
 
     # --- cost accounting (docs/operations.md) ------------------------------------------------------
     price_per_hour: dict[str, float] = Field(

@@ -1,7 +1,11 @@
 """The service's numbers in one JSON-ready shape: what the dashboard draws, ``/api/v1/stats``
 returns and ``/metrics`` exports (queue depths, workers, throughput and latency per stage,
 cost per image, cache hit ratios, webhook outcomes). Read-only; every web process computes the
-same answer from Redis and the broker."""
+same answer from Redis and the broker.
+
+``tenant`` narrows them to one tenant's work: its jobs, stages, images, cost (its device-seconds
+priced now), cache counters and webhook outcomes. Queue depths, workers and restarts are the
+infrastructure everyone shares and stay whole; so do queue prices."""
 
 from __future__ import annotations
 
@@ -13,38 +17,47 @@ from typing import Any
 import redis
 from celery import Celery
 
-from tasks.cost import per_image
+from cache.scopes import scope_for
+from tasks.cost import per_image, stage_cost_usd
 from tasks.heartbeat import WorkerInfo, fetch_restarts, fetch_workers
 from tasks.metrics import WINDOW_MINUTES, Aggregate, Histogram, fetch_active, fetch_minutes, fetch_totals, window
 from tasks.queues import fetch_queue_depths
 from tasks.services import Services
+from tasks.priority import LEVELS, all_queues, base_of, consume_order
 from tasks.settings import QUEUES, STAGES
+from tasks.store import store_key
 
 log = logging.getLogger(__name__)
 
 LATENCY_WINDOW_MINUTES = 5  # the latency chart's resolution: p50/p99 per 5 minutes
 
 
-def fetch_stats(rt: Services, *, celery: Celery, now: float | None = None) -> dict[str, Any]:
+def fetch_stats(rt: Services, *, celery: Celery, now: float | None = None, tenant: str | None = None) -> dict[str, Any]:
+    """The figures of the whole service (``tenant`` None), or of one tenant's work."""
     now = time.time() if now is None else now
     prices = dict(rt.settings.price_per_hour)
     try:
-        minutes = fetch_minutes(rt.redis, minutes=WINDOW_MINUTES, now=now)
-        totals = fetch_totals(rt.redis)
-        active = fetch_active(rt.redis, max_age_s=rt.settings.job_ttl_s, now=now)
+        minutes = fetch_minutes(rt.redis, minutes=WINDOW_MINUTES, now=now, tenant=tenant)
+        totals = fetch_totals(rt.redis, tenant=tenant)
+        mine = None if tenant is None else [i.decode() for i in rt.redis.smembers(store_key("active", tenant))]
+        active = fetch_active(rt.redis, max_age_s=rt.settings.job_ttl_s, now=now, job_ids=mine)
         workers = fetch_workers(rt.redis)
         restarts = fetch_restarts(rt.redis)
         available = True
     except redis.RedisError as e:
         log.warning("stats: Redis unavailable: %s", e)
         minutes, totals, active, workers, restarts, available = [], Aggregate(), {}, [], {}, False
+    if tenant is not None:  # a tenant's hashes hold device-seconds; price them as its jobs are priced
+        for agg in (totals, *(agg for _, agg in minutes)):
+            _price(agg, prices)
     hour = window(minutes)
-    queues = sorted({*QUEUES, *prices, *(q for w in workers for q in w.queues)})
+    queues = list(dict.fromkeys([*all_queues(QUEUES), *prices, *consume_order(q for w in workers for q in w.queues)]))
     depths = fetch_queue_depths(celery, queues)
     hour_usd, total_usd = sum(hour.usd.values()), sum(totals.usd.values())
     images_hour, images_total = hour.jobs.get("succeeded", 0), totals.jobs.get("succeeded", 0)
     return {
         "generated_at": round(now, 3),
+        "tenant": tenant,
         "available": available,
         "window_s": WINDOW_MINUTES * 60,
         "prices_per_hour": prices,
@@ -56,12 +69,14 @@ def fetch_stats(rt: Services, *, celery: Celery, now: float | None = None) -> di
             "total_usd": round(total_usd, 10),
             "images_total": images_total,
         },
-        "queues": {q: _queue(q, hour=hour, depth=depths.get(q), workers=workers, price=prices.get(q))
+        "queues": {q: _queue(q, hour=hour, depth=depths.get(q), workers=workers, price=prices.get(base_of(q)))
                    for q in queues},
         "stages": {stage: _stage(stage, hour=hour, totals=totals) for stage in STAGES},
+        "sla": {level: _sla(level, hour=hour, totals=totals, target_s=rt.settings.sla_target_s.get(level))
+                for level in LEVELS},
         "jobs": {"active": active, "finished_last_hour": hour.jobs, "finished_total": totals.jobs,
                  "created_total": totals.created},
-        "cache": _cache(rt),
+        "cache": _cache(rt, tenant=tenant),
         "webhooks": {"last_hour": hour.webhooks, "total": totals.webhooks},
         "workers": [_worker(w, now=now) for w in workers],
         "restarts": restarts,
@@ -71,7 +86,7 @@ def fetch_stats(rt: Services, *, celery: Celery, now: float | None = None) -> di
 
 def _queue(name: str, *, hour: Aggregate, depth: int | None, workers: list[WorkerInfo],
            price: float | None) -> dict[str, Any]:
-    serving = [w for w in workers if name in w.queues]
+    serving = [w for w in workers if name in consume_order(w.queues)]  # a worker of `cpu` takes its levels too
     return {
         "depth": depth,
         "workers": len(serving),
@@ -95,6 +110,18 @@ def _stage(stage: str, *, hour: Aggregate, totals: Aggregate) -> dict[str, Any]:
     }
 
 
+def _sla(level: str, *, hour: Aggregate, totals: Aggregate, target_s: float | None) -> dict[str, Any]:
+    """One priority's service level over the last hour: p50/p95/p99 of the time its succeeded jobs
+    waited in queues and of their whole latency, against the target, and the breaches."""
+    def quantiles(measure: str) -> dict[str, float | None]:
+        hist = hour.sla.get((measure, level), Histogram())
+        return {f"p{q}_s": _round(hist.quantile(q / 100)) for q in (50, 95, 99)}
+
+    return {"target_s": target_s, "jobs_last_hour": hour.sla.get(("total", level), Histogram()).count,
+            "wait": quantiles("wait"), "total": quantiles("total"),
+            "breaches_last_hour": hour.breaches.get(level, 0), "breaches_total": totals.breaches.get(level, 0)}
+
+
 def _percentiles(hist: Histogram) -> dict[str, float | None]:
     return {"p50_s": _round(hist.quantile(0.5)), "p99_s": _round(hist.quantile(0.99)),
             "mean_s": _round(hist.sum / hist.count if hist.count else None)}
@@ -104,8 +131,21 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
 
 
-def _cache(rt: Services) -> dict[str, Any]:
-    snapshot = rt.cache.stats.snapshot()
+def _price(agg: Aggregate, prices: dict[str, float]) -> None:
+    agg.usd = {}
+    for (_, queue), seconds in agg.device_s.items():
+        agg.usd[queue] = agg.usd.get(queue, 0.0) + stage_cost_usd(seconds, queue, prices)
+
+
+def _cache(rt: Services, *, tenant: str | None = None) -> dict[str, Any]:
+    """Every scope's counters, or a tenant's own (none when the cache is shared: its counters
+    cannot be told apart from everyone else's)."""
+    if tenant is None:
+        snapshot = rt.cache.stats.snapshot()
+    elif rt.settings.cache_scope == "tenant":
+        snapshot = rt.cache.stats.snapshot(scope_for(tenant=tenant, mode="tenant").token)
+    else:
+        snapshot = {"available": True, "stages": {}, "tiers": {}}
     hits = misses = 0
     stages: dict[str, float | None] = {}
     for stage, entry in snapshot.get("stages", {}).items():

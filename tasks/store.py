@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 import redis
 
+from tasks.blobs import keep_blobs
 from tasks.errors import InvalidTransition, JobNotFound
 from tasks.events import JobEvent, job_events, stage_events
 from tasks.jobs import STAGE_STATUS, Batch, Job, JobStatus, can_move
@@ -34,9 +35,11 @@ def store_key(kind: str, *parts: str) -> str:
 
 class JobStore:
     def __init__(self, client: redis.Redis, *, ttl_s: int = 7 * 24 * 3600,
-                 on_events: Callable[[list[JobEvent]], None] | None = None) -> None:
+                 on_events: Callable[[list[JobEvent]], None] | None = None,
+                 sla_target_s: Mapping[str, float] | None = None) -> None:
         self.redis = client
         self.ttl_s = ttl_s
+        self.sla_target_s = dict(sla_target_s or {})  # per priority (tasks.metrics counts breaches)
         self._transition = Transition(client)
         self._known: dict[str, bytes] = {}  # job id -> the record this process last wrote for it
         # Told after a transition that wrote events to the outbox (tasks.events); it must not raise.
@@ -74,6 +77,7 @@ class JobStore:
             pipe.zadd(store_key("recent", job.tenant), {job.id: job.created_at})
             pipe.zremrangebyrank(store_key("recent", job.tenant), 0, -1001)
             pipe.sadd(store_key("active", job.tenant), job.id)
+            keep_blobs(pipe, [job.input_ref], until=time.time() + self.ttl_s)  # as long as the record lives
             count_created(pipe, [job])
             pipe.execute()
         return job
@@ -85,6 +89,7 @@ class JobStore:
                 pipe.zadd(store_key("recent", job.tenant), {job.id: job.created_at})
                 pipe.sadd(store_key("active", job.tenant), job.id)
             pipe.set(store_key("batch", batch.id), json.dumps(batch.to_dict()), ex=self.ttl_s)
+            keep_blobs(pipe, [job.input_ref for job in jobs], until=time.time() + self.ttl_s)
             count_created(pipe, jobs)
             pipe.execute()
         return batch
@@ -137,6 +142,7 @@ class JobStore:
 
         def writes(w: Writes) -> None:
             w.delete(store_key("progress", job_id), store_key("lease", job_id, stage))
+            keep_blobs(w, outputs.values(), until=time.time() + self.ttl_s)  # its record outlives no output
             if also is not None:
                 also(w)
 
@@ -158,6 +164,20 @@ class JobStore:
                 job.stages[requeued].requeued_at = time.time()
 
         return self._update(job_id, change)
+
+    def attach_input(self, job_id: str, ref: str) -> Job:
+        """Record the input of a job given by URL once it is fetched and stored (tasks.inputs); the
+        job stays queued. Raises InvalidTransition if it ended meanwhile (canceled, expired)."""
+
+        def change(job: Job) -> None:
+            if job.status.is_terminal():
+                raise InvalidTransition(f"job {job.id} is already {job.status.value}")
+            job.input_ref = ref
+
+        def keep(w: Writes) -> None:
+            keep_blobs(w, [ref], until=time.time() + self.ttl_s)  # as long as the record lives
+
+        return self._update(job_id, change, also=keep)
 
     def is_canceled(self, job_id: str) -> bool:
         raw = self.redis.get(store_key("job", job_id))
@@ -222,9 +242,10 @@ class JobStore:
                 writes.srem(store_key("active", job.tenant), job.id)
             if events:  # written with the change, so never lost; only when someone may want them
                 writes.listener_keys = listener_keys(job.tenant, job.id, job.batch_id)
-                stage_events(writes, job, events, batch_size=self._batch_size(job) if job.status.is_terminal() else 0,
-                             ttl_s=self.ttl_s)
-            count_transition(writes, before, job)  # tasks.metrics: state gauges, terminal counters
+                batch_event = stage_events(writes, job, events, ttl_s=self.ttl_s,
+                                           batch_size=self._batch_size(job) if job.status.is_terminal() else 0)
+                live.stage_events(writes, job.tenant, events, batch_event)  # GET /api/v1/events (tenant channel)
+            count_transition(writes, before, job, sla_target_s=self.sla_target_s)  # tasks.metrics
             live.stage_job(writes, job)  # published by the script: in commit order; never raises
             if also is not None:
                 also(writes)

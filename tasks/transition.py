@@ -27,14 +27,15 @@ import orjson
 import redis
 from redis.commands.core import CoreCommands
 
-ALWAYS, LISTENED, COMPLETES_BATCH = "a", "l", "b"
+ALWAYS, LISTENED, COMPLETES_BATCH, COMPLETES = "a", "l", "b", "c"
 
 # KEYS[1]: the job's record.
 # ARGV[1]: SHA-1 of the record the change was computed from; ARGV[2]: the new record;
 # ARGV[3..6]: the batch's done-set, this job's id, the batch's size and the set's TTL ('' when
 #   the job is not ending as part of a batch);
 # ARGV[7]: the listener keys, ARGV[8]: the other writes, each as [when, command, arguments…]
-#   (both JSON arrays); when: 'a' always, 'l' if a listener key exists, 'b' if one does and this
+#   (both JSON arrays); when: 'a' always, 'l' if a listener key exists, 'c' if this job is the one that
+#   completes its batch, 'b' if a listener key exists and this
 #   job is the one that completes its batch. An argument {"around": head} is a JSON object that
 #   ends with the new record: head .. record .. '}' (a live message, an event's snapshot).
 # Returns {0} (no such job), {1, current record} (it changed meanwhile) or {2, listened 0|1,
@@ -57,7 +58,7 @@ end
 local answer = {2, listened}
 for _, command in ipairs(cjson.decode(ARGV[8])) do
   local when = command[1]
-  if when == 'a' or (listened == 1 and (when == 'l' or completes)) then
+  if when == 'a' or (when == 'c' and completes) or (listened == 1 and (when == 'l' or completes)) then
     for j = 3, #command do
       if type(command[j]) == 'table' then command[j] = command[j].around .. ARGV[2] .. '}' end
     end
@@ -85,8 +86,9 @@ class Writes(CoreCommands):
 
     @contextmanager
     def when(self, condition: str) -> Iterator["Writes"]:
-        """Record the commands of the block to run only if someone listens (``LISTENED``), or only
-        if someone listens and this job is the last of its batch to end (``COMPLETES_BATCH``)."""
+        """Record the commands of the block to run only if someone listens (``LISTENED``), only if
+        someone listens and this job is the last of its batch to end (``COMPLETES_BATCH``), or only if
+        it is the last, listened to or not (``COMPLETES``)."""
         outer, self._when = self._when, condition
         try:
             yield self

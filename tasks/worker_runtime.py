@@ -14,7 +14,9 @@ from functools import lru_cache
 from cache.policy import check_memory_policy
 from safety.nsfw import get_classifier
 from tasks.batching import GenerateBatcher
+from tasks.engine_backend import cpu_backend_options
 from tasks.jobs import JobParams
+from tasks.models import resolve_depth, resolve_model
 from tasks.services import Services
 from tasks.settings import get_settings
 from workers import residency
@@ -26,21 +28,56 @@ log = logging.getLogger(__name__)
 @dataclass
 class WorkerRuntime(Services):
     _batcher: GenerateBatcher | None = field(default=None, init=False, repr=False)
+    plan: dict | None = field(default=None, init=False)  # the autotune plan in use (tasks.autotune), as shown
 
-    def diffusion(self) -> residency.LoadedDiffusion:
+    def adopt_plan(self) -> None:
+        """A gpu worker, before it loads anything: take the dtype and max batch of the autotune plan
+        made for this device, model and versions, where the settings do not say otherwise."""
+        from tasks.autotune import plan_for_worker
+
+        try:
+            self.settings, self.plan = plan_for_worker(self.settings)
+        except Exception as e:  # noqa: BLE001 — a plan is an optimisation: never keep a worker from starting
+            log.warning("autotune plan not used: %s: %s", type(e).__name__, e)
+            return
+        if self.plan is not None:
+            log.info("autotune plan %s: dtype %s, max batch %s (applied: %s; overridden by settings: %s)",
+                     self.plan["key"], self.plan["dtype"], self.plan["max_batch"],
+                     ", ".join(self.plan["applied"]) or "nothing", ", ".join(self.plan["overridden"]) or "nothing")
+
+    def diffusion(self, model: str | None = None) -> residency.LoadedDiffusion:
+        """The engine of ``model`` (a library name; None: the default model), loaded once and kept
+        among the PIXELMILL_GPU_MODEL_SLOTS most recently used."""
         s = self.settings
+        choice = resolve_model(s, model)
+        in_library = choice.entry is not None and choice.name == choice.entry.name
         return residency.diffusion_engine(
-            model=s.diffusion_model,
-            revision=s.diffusion_revision,
+            model=choice.source,
+            revision=None if in_library else s.diffusion_revision,
             device=s.device,
             dtype=s.dtype,
-            options=EngineOptions(attention=s.attention, channels_last=s.channels_last,
-                                  torch_compile=s.torch_compile, vae_slicing=s.vae_slicing),
+            options=self.engine_options(),
+            name=choice.name if in_library else None,
+            fingerprint=choice.revision if in_library else None,
+            config=choice.config,
+            slots=s.gpu_model_slots,
+            lora_slots=s.lora_slots,
         )
 
+    def engine_options(self) -> EngineOptions:
+        """The speed options the settings give a loaded pipeline (attention, compile, CPU backend …)."""
+        s = self.settings
+        return EngineOptions(attention=s.attention, channels_last=s.channels_last, torch_compile=s.torch_compile,
+                             vae_slicing=s.vae_slicing, cpu=cpu_backend_options(s))
+
+    def depth(self):
+        """The depth estimator of depth control maps (the library's, loaded once)."""
+        entry = resolve_depth(self.settings)
+        return residency.depth_estimator(path=str(entry.path), fingerprint=entry.fingerprint, device=self.settings.device)
+
     def loaded_diffusion(self) -> residency.LoadedDiffusion | None:
-        """The resident diffusion model, if this process has loaded it (never loads)."""
-        return self.diffusion() if residency.is_loaded() else None
+        """The diffusion model this process used last, if it holds one (never loads)."""
+        return residency.latest()
 
     def generate_batcher(self) -> GenerateBatcher | None:
         """The process's dynamic batcher of generate calls, when this process batches (a threads
@@ -63,8 +100,11 @@ class WorkerRuntime(Services):
             log.info("diffusion model %s resident on %s (%s), warmed up", loaded.engine.model, loaded.device,
                      loaded.dtype_name)
         if batching and self.settings.gpu_max_batch > 1 and self._batcher is None:
+            from tasks.generation import prompt_lookup  # it imports the stages' helpers, which import this module
+
             self._batcher = GenerateBatcher(self.diffusion, max_batch=self.settings.gpu_max_batch,
-                                            max_wait_s=self.settings.gpu_max_wait_ms / 1000)
+                                            max_wait_s=self.settings.gpu_max_wait_ms / 1000,
+                                            prompts=prompt_lookup(self.cache))
             log.info("batching generate: up to %d per call, waiting at most %d ms", self.settings.gpu_max_batch,
                      self.settings.gpu_max_wait_ms)
 

@@ -32,11 +32,18 @@ def pytest_configure(config: pytest.Config) -> None:
     # subprocesses, which inherit the environment) talks to the private Redis.
     os.environ["PIXELMILL_REDIS_URL"] = f"redis://127.0.0.1:{REDIS_PORT}/0"
     os.environ["PIXELMILL_DATA_DIR"] = str(SESSION_DIR / "data")
-    os.environ["PIXELMILL_DIFFUSION_MODEL"] = str(SESSION_DIR / "tiny-sd")
+    # The tiny model library (workers/tiny_model.py build_tiny_library); the default model is its
+    # checkpoint, given as a path inside the library (so jobs record it as "tiny").
+    os.environ["PIXELMILL_MODELS_DIR"] = str(SESSION_DIR / "models")
+    os.environ["PIXELMILL_DIFFUSION_MODEL"] = str(SESSION_DIR / "models" / "tiny")
     os.environ["PIXELMILL_GPU_MAX_BATCH"] = str(GPU_MAX_BATCH)
     # Several worker processes and the test process share a small CPU: one torch thread each
     # (two OpenMP threads per process on an oversubscribed machine ran the tiny model ~5× slower).
     os.environ["PIXELMILL_TORCH_THREADS"] = "1"
+    # Plain torch fp32 on CPU workers, as the tests that compare a worker's image with one made in
+    # the test process expect; tests/integration/test_openvino_backend.py starts its own workers.
+    os.environ["PIXELMILL_CPU_BACKEND"] = "torch"
+    os.environ["PIXELMILL_CPU_PRECISION"] = "f32"
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ["PIXELMILL_MAX_OUTPUT_PIXELS"] = "5000000"  # small, so a test can trip it cheaply
     # One tenant submits for the whole session: its per-minute limit must not trip across tests
@@ -71,12 +78,14 @@ def redis_client(redis_server: RedisServer):
 
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
-    from workers.tiny_model import build_tiny_pipeline
+    """The tiny library (a checkpoint in both layouts, ControlNets, a LoRA, a depth model) built
+    once into PIXELMILL_MODELS_DIR; returns the default checkpoint's folder."""
+    from workers.tiny_model import build_tiny_library
 
-    path = Path(os.environ["PIXELMILL_DIFFUSION_MODEL"])
-    if not (path / "model_index.json").exists():
-        build_tiny_pipeline(path)
-    return path
+    library = Path(os.environ["PIXELMILL_MODELS_DIR"])
+    if not (library / "depth" / "tiny-depth" / "config.json").exists():
+        build_tiny_library(library)
+    return Path(os.environ["PIXELMILL_DIFFUSION_MODEL"])
 
 
 def start_worker(*, queues: str = "cpu,gpu,io", concurrency: int = 2, name: str = "test",

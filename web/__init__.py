@@ -8,9 +8,12 @@ from flask import Flask
 
 from tasks.settings import Settings, get_settings
 from web import api, auth, cache_api, errors, keys, ops, ui, webhook_pages, webhooks
+from web import models_api
 from web import dashboard
+from web import forms
 from web import live
 from web import openapi
+from web import security
 from web.extensions import pixelmill
 
 
@@ -21,10 +24,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["PIXELMILL_SETTINGS"] = settings
     pixelmill.init_app(app, settings)
     errors.init_app(app)
+    security.init_app(app, settings)  # Host and same-origin checks: before auth and every other hook
+    forms.init_body_limits(app, max_upload_request=settings.max_request_bytes)  # before any hook reads a body
     auth.init_app(app, settings)
     app.register_blueprint(ui.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(cache_api.bp)
+    app.register_blueprint(models_api.bp)  # /api/v1/models: the model library
     app.register_blueprint(ops.bp)
     app.register_blueprint(keys.bp)
     app.register_blueprint(webhooks.bp)

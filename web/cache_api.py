@@ -38,6 +38,8 @@ class CacheScope(View):
 class CacheEntries(View):
     latent: int | None = Field(description="null when the cache's Redis did not answer")
     result: int | None
+    prompt: int | None = Field(description="prompt embeddings (text-encoder outputs)")
+    control: int | None = Field(description="control maps (canny, tile, depth) by the input's pixels")
 
 
 class MemoryPolicy(View):
@@ -58,7 +60,8 @@ class CacheLimits(View):
 
 
 class CacheStats(View):
-    """Hits, misses and bytes per tier and per stage (see docs/cache.md)."""
+    """Hits, misses and bytes per tier and per stage (see docs/cache.md); the prompt-embedding cache
+    counts under the stage ``prompt`` and control maps under ``control``."""
 
     tiers: dict[str, dict[str, float | int | None]]
     stages: dict[str, dict[str, Any]]

@@ -1,6 +1,10 @@
 """The operations dashboard (``/dashboard``) and its JSON twin (``GET /api/v1/stats``): queue
 depths, workers and what they hold, throughput and latency per stage over the last hour, cost
-per image, cache hit ratio. Server-rendered; charts are inline SVG (web.charts)."""
+per image, cache hit ratio. Server-rendered; charts are inline SVG (web.charts).
+
+With auth on, a tenant sees its own work (jobs, stages, cost, cache, webhooks) beside the shared
+infrastructure (queue depths, workers); an admin key sees every tenant's. With auth off there is
+one tenant and it sees everything."""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import math
 import time
 from typing import Any
 
-from flask import Blueprint, render_template
+from flask import Blueprint, g, render_template
 from markupsafe import Markup
 from pydantic import ConfigDict, Field
 
@@ -16,7 +20,7 @@ from tasks.celery_app import app as celery_app
 from tasks.present import Timestamp, View
 from tasks.stats import fetch_stats
 from web.charts import Series, bar_chart, format_seconds, line_chart
-from web.extensions import pixelmill
+from web.extensions import current_tenant, pixelmill
 from web.openapi import Json, operation
 
 bp = Blueprint("dashboard", __name__)
@@ -25,26 +29,42 @@ STAGE_COLORS = {"encode": "#3b5bdb", "generate": "#ae3ec9", "enhance": "#2b8a3e"
 REFRESH_S = 30
 
 
+def figures_tenant() -> str | None:
+    """Whose figures this request sees: None for every tenant's (auth off, or an admin key of the
+    operator's tenant, ``PIXELMILL_OPERATOR_TENANT``; web.auth sets ``g.api_key``), else its own
+    tenant's. A tenant's admin key administers that tenant only: it never sees other tenants."""
+    settings = pixelmill.services.settings
+    key = g.get("api_key")
+    if not settings.auth_enabled or (getattr(key, "admin", False) and settings.operator_tenant is not None
+                                     and current_tenant() == settings.operator_tenant):
+        return None
+    return current_tenant()
+
+
 @bp.get("/dashboard")
 def show():
-    stats = fetch_stats(pixelmill.services, celery=celery_app)
+    stats = fetch_stats(pixelmill.services, celery=celery_app, tenant=figures_tenant())
     return render_template("dashboard.html", stats=stats, charts=stage_charts(stats), refresh_s=REFRESH_S,
                            usd=usd, human_bytes=human_bytes, seconds=seconds, ratio=ratio,
                            updated=time.strftime("%H:%M:%S", time.localtime(stats["generated_at"])))
 
 
 class Stats(View):
-    """Service-wide figures, as the dashboard shows them: queue depths and workers, throughput and latency
-    per stage over the last hour, cost per image, cache hit ratio. Described loosely on purpose: its
-    figures grow with the dashboard."""
+    """The figures the dashboard shows: queue depths and workers, throughput and latency per stage over
+    the last hour, cost per image, cache hit ratio. With auth on they are your tenant's own work (queue
+    depths and workers are shared); an admin key sees the whole service's. Described loosely on
+    purpose: its figures grow with the dashboard."""
 
     model_config = ConfigDict(extra="allow")
 
     generated_at: Timestamp
+    tenant: str | None = Field(None, description="whose work the figures count; absent: every tenant's")
     available: bool = Field(description="false when Redis did not answer: the figures are then empty")
     window_s: int = Field(description="the window of the 'last hour' figures")
     queues: dict[str, Any]
     stages: dict[str, Any]
+    sla: dict[str, Any] = Field(description="per priority: queue wait and total latency p50/p95/p99 of the last "
+                                            "hour's succeeded jobs, the target and the breaches")
     jobs: dict[str, Any]
     cost: dict[str, Any]
     cache: dict[str, Any] | None
@@ -56,7 +76,7 @@ class Stats(View):
 @bp.get("/api/v1/stats")
 @operation("showStats", "service", "Service figures: queues, jobs, cache", ok=(200, Json(Stats)))
 def show_stats():
-    return Stats(**fetch_stats(pixelmill.services, celery=celery_app))
+    return Stats(**fetch_stats(pixelmill.services, celery=celery_app, tenant=figures_tenant()))
 
 
 def stage_charts(stats: dict[str, Any]) -> dict[str, dict[str, Markup]]:

@@ -1,5 +1,8 @@
 """Live job and batch pages over Server-Sent Events (docs/live.md).
 
+``GET /api/v1/events`` streams the tenant's webhook events (the bodies webhooks carry), for
+``pixelmill webhooks listen`` and anyone who would rather hold a stream than expose a receiver.
+
 ``GET /api/v1/jobs/<id>/events`` and ``GET /api/v1/batches/<id>/events`` stream ``text/event-stream``:
 a snapshot first (the payload the JSON API returns), then each change as it commits, a
 ``: keepalive`` comment every KEEPALIVE_S, and ``end`` once the job (every job of the batch)
@@ -13,6 +16,7 @@ serves; each viewer is a thread blocked on its own queue (gunicorn gthread, stac
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -22,16 +26,20 @@ from typing import Any
 from flask import Blueprint, Response, request
 
 from tasks.errors import JobNotFound, PixelmillError
+from tasks.events import JobEvent
 from tasks.jobs import Batch, Job
 from tasks.live import channel_for
 from web.live_hub import RESYNC, LiveHub, Viewer, pubsub_client
 from tasks.present import batch_payload, job_payload
+from tasks.services import Services
 from tasks.store import JobStore
-from web.extensions import base_url, fetch_batch, fetch_job, pixelmill
+from tasks.webhooks.dispatch import payload_body
+from web.extensions import base_url, current_tenant, fetch_batch, fetch_job, pixelmill
 from web.openapi import Media, operation
 from web.webhooks import webhook_info
 
 bp = Blueprint("live", __name__)
+log = logging.getLogger(__name__)
 
 KEEPALIVE_S = 15.0  # under the usual 30–60 s idle timeouts of proxies and load balancers
 RETRY_MS = 3000  # how long EventSource waits before reconnecting after a dropped stream
@@ -97,6 +105,25 @@ def batch_events(batch_id: str):
     store = pixelmill.services.store
     return _stream(_batch_stream(viewer, store, batch, jobs, snapshot, base=base_url(), previews=_preview_base()),
                    viewer)
+
+
+@bp.get("/api/v1/events")
+@operation("tenantEvents", "webhooks", "Follow your webhook events as server-sent events",
+           ok=(200, Media("text/event-stream", {"type": "string"},
+                          "server-sent events, one per webhook event of your tenant as it happens: `id:` its "
+                          "webhook-id, `event:` its type (job.started, job.completed, job.failed, job.blocked, "
+                          "job.canceled, batch.completed), `data:` the payload exactly as a webhook delivery's "
+                          "body; `: keepalive` comments between, and `end` ({reason: timeout}) after 15 minutes "
+                          "(reconnect)")),
+           description="What `pixelmill webhooks listen` follows to forward events to a local receiver, signed "
+                       "with a secret of its own. Events are sent as they happen, not stored for this stream: "
+                       "what happens while no stream is open is not replayed (webhook endpoints are the "
+                       "durable way).",
+           errors={503: "this server streams to as many viewers as it can (too_many_viewers): retry (see "
+                        "Retry-After)"})
+def tenant_events():
+    viewer = _watch([channel_for("tenant", current_tenant())])
+    return _stream(_tenant_stream(viewer, pixelmill.services), viewer)
 
 
 @bp.get("/api/v1/jobs/<job_id>/preview.png")
@@ -195,6 +222,28 @@ def _job_stream(viewer: Viewer | None, store: JobStore, job: Job, snapshot: dict
     finally:
         if viewer is not None:
             viewer.close()
+
+
+def _tenant_stream(viewer: Viewer, rt: Services) -> Iterator[str]:
+    """Each event published on the tenant's channel (tasks.live), as the webhook body it makes."""
+    try:
+        yield f"retry: {RETRY_MS}\n\n"
+        for message in _messages(viewer):
+            if isinstance(message, str):
+                yield message
+                continue
+            if message is RESYNC:
+                continue  # pub/sub lost messages: events are not stored for this stream, nothing to re-read
+            try:
+                event = JobEvent(**message)
+                body = payload_body(rt, event)
+            except Exception:  # noqa: BLE001 - one bad event (its batch expired …) must not end the stream
+                log.warning("live: could not render a tenant event %.200r", message, exc_info=True)
+                continue
+            yield f"id: {event.id}\nevent: {event.type}\ndata: {body}\n\n"
+        yield sse("end", {"reason": "timeout"})
+    finally:
+        viewer.close()
 
 
 def _batch_stream(viewer: Viewer | None, store: JobStore, batch: Batch, jobs: list[Job], snapshot: dict[str, Any],

@@ -56,11 +56,14 @@ class Json:
 
 @dataclass(frozen=True)
 class Multipart:
-    """A multipart submission: image file(s) in ``field``, the parameters beside them."""
+    """A multipart submission: image file(s) in ``field``, the parameters beside them. With
+    ``json_example``, the same route also takes application/json: ``field`` holds an https URL or
+    a data URI (a list of them when ``many``), the parameters are members of the same object."""
 
     field: str
     many: bool = False
     curl_fields: tuple[tuple[str, str], ...] = ()  # the fields shown in the curl example
+    json_example: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -139,17 +142,19 @@ class ErrorResponse(View):
 # Errors every authenticated operation may answer.
 COMMON_ERRORS = {
     401: "no valid API key (only when PIXELMILL_AUTH_ENABLED is on)",
+    413: "the request body is larger than this route takes: 64 KiB (uploads: PIXELMILL_MAX_REQUEST_BYTES)",
     503: "the job store (Redis) or the queue is unavailable right now: retry in a minute",
 }
 ERROR_CODES = {  # status → codes the error body may carry, for the docs
-    400: "bad_request",
+    400: "bad_request, untrusted_host, bad_idempotency_key",
     401: "unauthorized",
-    403: "blocked",
+    403: "blocked, forbidden, cross_site",
     404: "not_found",
-    409: "already_finished, not_ready, conflict, cache_shared",
+    409: "already_finished, not_ready, conflict, cache_shared, idempotency_key_in_use",
     413: "request_entity_too_large, too_large",
     415: "unsupported_media_type",
-    422: "invalid_parameters, invalid_webhook, webhook_url_refused, unsupported_format, corrupt_image, …",
+    422: "invalid_parameters, invalid_webhook, webhook_url_refused, unsupported_format, corrupt_image, "
+         "idempotency_key_reused, …",
     429: "rate_limited",
     503: "store_unavailable, queue_unavailable, cache_unavailable",
 }
@@ -162,6 +167,7 @@ ID_PATTERNS = {
     "endpoint_id": ("^ep_[0-9a-f]{24}$", "ep_4c1e2d3f5a6b7c8d9e0f1a2b"),
     "delivery_id": ("^dlv_[0-9a-f]{32}$", "dlv_0f1e2d3c4b5a69788796a5b4c3d2e1f0"),
     "key_id": ("^[0-9a-f]{16}$", "a1b2c3d4e5f60718"),
+    "control_type": ("^(canny|tile|depth)$", "canny"),
 }
 
 
@@ -231,6 +237,7 @@ TAGS = {
     "webhooks": "Signed callbacks (Standard Webhooks), their deliveries and the dead-letter list.",
     "keys": "API keys of your tenant.",
     "cache": "The latent cache as your tenant sees it.",
+    "models": "The model library: the checkpoints, LoRAs and ControlNets a diffusion job may name.",
     "service": "About the service itself.",
 }
 
@@ -350,10 +357,38 @@ def _request_body(body: Json | Multipart) -> dict[str, Any]:
         if body.example is not None:
             media["example"] = body.example
         return {"required": body.required, "content": {"application/json": media}}
-    return {"required": True, "content": {"multipart/form-data": {
+    content: dict[str, Any] = {"multipart/form-data": {
         "schema": upload_schema(body),
         "encoding": {body.field: {"contentType": "image/png, image/jpeg, image/webp"}},
-    }}}
+    }}
+    if body.json_example is not None:
+        content["application/json"] = {"schema": json_submission_schema(body), "examples": {
+            "by_url": {"summary": "the image by URL", "value": body.json_example}}}
+    return {"required": True, "content": content}
+
+
+def json_submission_schema(body: Multipart) -> dict[str, Any]:
+    """The JSON form of a submission: ``field`` (an https URL or a data URI, or a list of them),
+    ``SubmissionFields`` and each ``JobParams`` field as members of one object (``params`` may also
+    hold the parameters as an object: members given beside it win)."""
+    image = {"type": "string", "minLength": 1,
+             "description": "an https:// URL (checked now, fetched on the io queue before the job runs; at most "
+                            "3 redirects, public addresses only) or a data:image/png|jpeg|webp;base64, URI"}
+    images = {"type": "array", "items": image, "minItems": 1, "description": "the images, one job each"}
+    properties: dict[str, Any] = {body.field: images if body.many else image}
+    for model in (SubmissionFields, JobParams):
+        schema = model.model_json_schema(ref_template=REF)
+        for name, prop in schema.get("properties", {}).items():
+            prop = copy.deepcopy(prop)
+            prop.pop("title", None)
+            properties[name] = prop
+    properties["params"] = {**_ref(JobParams), "description": "the parameters as one object (members given "
+                                                              "beside it win)"}
+    properties["webhook_events"] = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+                                    "description": "event names, a list or comma-separated (default: every "
+                                                   "job event; * for all)"}
+    return {"type": "object", "required": [body.field], "properties": properties,
+            "description": "the image(s) by URL or data URI, and the parameters"}
 
 
 def upload_schema(body: Multipart) -> dict[str, Any]:

@@ -34,7 +34,12 @@ def metrics():
     from tasks.celery_app import app as celery_app
     from web.prometheus import registry_for
 
-    token = pixelmill.services.settings.metrics_token
+    settings = pixelmill.services.settings
+    token = settings.metrics_token
+    if settings.auth_enabled and not token:  # every tenant's figures: never open on a server that has tenants
+        return Response("metrics are off: auth is on and no PIXELMILL_METRICS_TOKEN is set; set one and scrape with "
+                        "'Authorization: Bearer <PIXELMILL_METRICS_TOKEN>'\n", status=403,
+                        content_type="text/plain; charset=utf-8")
     if token and not hmac.compare_digest(request.headers.get("Authorization", "").encode(), f"Bearer {token}".encode()):
         return Response("send the metrics token as 'Authorization: Bearer <PIXELMILL_METRICS_TOKEN>'\n", status=401,
                         content_type="text/plain; charset=utf-8", headers={"WWW-Authenticate": "Bearer"})

@@ -23,6 +23,7 @@ from tasks.jobs import TERMINAL, JobStatus
 from tasks.metrics import Aggregate, fetch_active, fetch_totals
 from tasks.queues import fetch_queue_depths
 from tasks.services import Services
+from tasks.priority import LEVELS, all_queues, consume_order
 from tasks.settings import QUEUES
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class PixelmillCollector(Collector):
                      value=up)
         yield from self._jobs(totals, active)
         yield from self._stages(totals)
+        yield from self._service_levels(totals)
         yield from self._cost(totals)
         yield from self._queues(workers)
         yield from self._workers(workers)
@@ -85,6 +87,25 @@ class PixelmillCollector(Collector):
             device.add_metric([stage, queue], seconds)
         yield device
 
+    def _service_levels(self, totals: Aggregate) -> Iterator[Metric]:
+        latency = HistogramMetricFamily("pixelmill_job_latency_seconds", "Succeeded jobs by priority: their time "
+                                        "waiting in queues (measure=wait) and from submit to end (measure=total); "
+                                        "histogram_quantile gives p50/p95/p99.", labels=["priority", "measure"])
+        for (measure, level), hist in sorted(totals.sla.items()):
+            buckets = [(floatToGoString(bound), float(n)) for bound, n in hist.cumulative()]
+            latency.add_metric([level, measure], buckets, sum_value=hist.sum)
+        yield latency
+        breaches = CounterMetricFamily("pixelmill_sla_breaches", "Succeeded jobs slower than their priority's "
+                                       "target (setting sla_target_s).", labels=["priority"])
+        target = GaugeMetricFamily("pixelmill_sla_target_seconds", "The latency target per priority.",
+                                   labels=["priority"])
+        for level in LEVELS:
+            breaches.add_metric([level], totals.breaches.get(level, 0))
+            if level in self.rt.settings.sla_target_s:
+                target.add_metric([level], self.rt.settings.sla_target_s[level])
+        yield breaches
+        yield target
+
     def _cost(self, totals: Aggregate) -> Iterator[Metric]:
         prices = self.rt.settings.price_per_hour
         cost = CounterMetricFamily("pixelmill_cost_usd", "Spend in USD: device seconds priced per queue "
@@ -104,7 +125,7 @@ class PixelmillCollector(Collector):
         yield price
 
     def _queues(self, workers: list[WorkerInfo]) -> Iterator[Metric]:
-        names = sorted({*QUEUES, *(q for w in workers for q in w.queues)})
+        names = list(dict.fromkeys([*all_queues(QUEUES), *consume_order(q for w in workers for q in w.queues)]))
         depths = fetch_queue_depths(self.celery, names)
         depth = GaugeMetricFamily("pixelmill_queue_depth", "Messages waiting in the broker, per queue.",
                                   labels=["queue"])

@@ -9,6 +9,7 @@ from tasks.present import batch_payload, job_payload
 from tasks.submit import submit_batch, submit_job
 from web.extensions import base_url, current_tenant, fetch_batch, fetch_job, pixelmill
 from web.forms import read_deadline, read_params, read_uploads
+from web.models_api import model_list
 from tasks.events import EVENT_TYPES, JOB_EVENTS
 from web.webhooks import webhook_info, webhook_subscription
 from workers.styles import STYLES
@@ -20,11 +21,17 @@ bp = Blueprint("ui", __name__)
 def index():
     rt = pixelmill.services
     recent = rt.store.recent(current_tenant(), limit=8)
+    library = model_list(rt.settings)  # the same choices GET /api/v1/models lists
+    usable = [m for m in library.models if m.usable]
     return render_template(
         "index.html",
         styles=STYLES,
         defaults=JobParams(),
-        diffusion_enabled=bool(rt.settings.diffusion_model),
+        diffusion_enabled=bool(rt.settings.diffusion_model) or any(m.kind == "checkpoint" for m in usable),
+        library=library,
+        checkpoints=[m for m in usable if m.kind == "checkpoint"],
+        loras=[m for m in usable if m.kind == "lora"],
+        control_types=sorted({m.control_type for m in usable if m.kind == "controlnet" and m.control_type}),
         recent=[job_payload(job) for job in recent],
         webhook_events=EVENT_TYPES,
     )

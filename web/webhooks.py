@@ -132,7 +132,8 @@ NOT_FOUND = {404: "no such endpoint"}
            description="The URL is checked now (SSRF guard: public addresses only unless allowed). The "
                        "signing secret is in this answer only.",
            errors={400: "the body is not a JSON object",
-                   422: "a field out of range, an unknown event, or the URL refused"},
+                   422: "a field out of range, an unknown event, the URL refused, or the tenant already has "
+                        "PIXELMILL_WEBHOOK_MAX_ENDPOINTS endpoints (too_many_webhooks)"},
            headers={"Location": "the endpoint in the API"})
 def create_endpoint():
     rt = pixelmill.services

@@ -61,7 +61,7 @@ def _build_text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
     return CLIPTextModel(config)
 
 
-def _build_unet() -> UNet2DConditionModel:
+def _build_unet(cross_attention_dim: int = CROSS_ATTENTION_DIM) -> UNet2DConditionModel:
     return UNet2DConditionModel(
         block_out_channels=(32, 64),
         layers_per_block=1,
@@ -70,7 +70,7 @@ def _build_unet() -> UNet2DConditionModel:
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=CROSS_ATTENTION_DIM,
+        cross_attention_dim=cross_attention_dim,
         norm_num_groups=32,
     )
 
@@ -128,3 +128,108 @@ def build_tiny_pipeline(path: str | Path, *, seed: int = 0) -> Path:
     random_img2img_pipeline(vae=_build_vae, text_encoder=_build_text_encoder, unet=_build_unet,
                             seed=seed).save_pretrained(target)
     return target
+
+
+# --- the tiny library: a checkpoint in both layouts, ControlNets, a LoRA, a depth model -----------------
+
+TINY_CONFIGS = "ca32"  # the base of the tiny model (cross-attention width 32), as the library names it
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+TEXT_LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj"]
+
+
+def _randomise(modules: list[torch.nn.Module], *, std: float) -> None:
+    with torch.no_grad():
+        for module in modules:
+            for parameter in module.parameters():
+                parameter.normal_(0.0, std)
+
+
+def build_tiny_controlnet(unet: UNet2DConditionModel, path: str | Path, *, seed: int = 0) -> Path:
+    """A ControlNet made from ``unet`` whose zero convolutions are randomised (from_unet starts them
+    at zero, which would leave the output exactly as plain img2img), saved to ``path``."""
+    from diffusers import ControlNetModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16, 32, 32))
+        _randomise([*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+                    controlnet.controlnet_cond_embedding.conv_out], std=0.3)
+    controlnet.save_pretrained(Path(path), safe_serialization=True)
+    return Path(path)
+
+
+def build_tiny_lora(path: str | Path, *, seed: int = 0, cross_attention_dim: int = CROSS_ATTENTION_DIM,
+                    text_encoder: bool = True, rank: int = 4) -> Path:
+    """A LoRA for the tiny UNet (and its text encoder) with random lora_B (PEFT starts it at zero),
+    saved as one .safetensors file at ``path``. ``cross_attention_dim`` other than the tiny model's
+    makes a LoRA for another base."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    target = Path(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = _build_unet(cross_attention_dim)
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=LORA_TARGETS,
+                                    init_lora_weights="gaussian"))
+        _randomise([m for n, m in unet.named_modules() if n.endswith("lora_B")], std=0.3)
+        layers = {"unet_lora_layers": convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))}
+        if text_encoder:
+            with tempfile.TemporaryDirectory() as scratch:
+                encoder = _build_text_encoder(build_byte_tokenizer(Path(scratch)))
+            encoder.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=TEXT_LORA_TARGETS,
+                                           init_lora_weights="gaussian"))
+            _randomise([m for n, m in encoder.named_modules() if n.endswith("lora_B")], std=0.3)
+            layers["text_encoder_lora_layers"] = convert_state_dict_to_diffusers(get_peft_model_state_dict(encoder))
+    with tempfile.TemporaryDirectory() as scratch:
+        StableDiffusionImg2ImgPipeline.save_lora_weights(scratch, safe_serialization=True, **layers)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes((Path(scratch) / "pytorch_lora_weights.safetensors").read_bytes())
+    return target
+
+
+def build_tiny_depth(path: str | Path, *, seed: int = 0) -> Path:
+    """A tiny Depth Anything (DINOv2 backbone of width 32, 4 layers, 70-px input), saved to ``path``."""
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37,
+                            image_size=70, patch_size=14, out_indices=[1, 2, 3, 4], reshape_hidden_states=False)
+    config = DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=[8, 16, 32, 32], fusion_hidden_size=16,
+                                 reassemble_hidden_size=32, head_hidden_size=8, patch_size=14)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DepthAnythingForDepthEstimation(config)
+    model.save_pretrained(Path(path), safe_serialization=True)
+    (Path(path) / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "DPTImageProcessor", "size": {"height": 70, "width": 70}, "keep_aspect_ratio": True,
+        "ensure_multiple_of": 14, "image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}))
+    return Path(path)
+
+
+def build_tiny_library(root: str | Path, *, seed: int = 0) -> Path:
+    """The tiny model library under ``root`` (PIXELMILL_MODELS_DIR), offline, in seconds:
+
+    tiny/ (a diffusers checkpoint) · tiny-single.safetensors (the same weights in the A1111/ComfyUI
+    layout) with configs/ca32/ (the configs it loads with) · controlnets/canny, tile, depth ·
+    loras/tiny-style.safetensors (UNet and text encoder) · depth/tiny-depth.
+    """
+    import shutil
+
+    from workers.ldm_layout import save_single_file
+
+    library = Path(root)
+    checkpoint = library / "tiny"
+    if not (checkpoint / "model_index.json").exists():
+        build_tiny_pipeline(checkpoint, seed=seed)
+    pipe = StableDiffusionImg2ImgPipeline.from_pretrained(checkpoint, safety_checker=None,
+                                                          requires_safety_checker=False, use_safetensors=True)
+    save_single_file(pipe, library / "tiny-single.safetensors")
+    configs = library / "configs" / TINY_CONFIGS
+    shutil.rmtree(configs, ignore_errors=True)
+    shutil.copytree(checkpoint, configs, ignore=shutil.ignore_patterns("*.safetensors", "*.bin"))
+    for i, control_type in enumerate(("canny", "tile", "depth")):
+        build_tiny_controlnet(pipe.unet, library / "controlnets" / control_type, seed=seed + 10 + i)
+    build_tiny_lora(library / "loras" / "tiny-style.safetensors", seed=seed + 20)
+    build_tiny_depth(library / "depth" / "tiny-depth", seed=seed + 30)
+    return library

@@ -23,6 +23,7 @@ from tasks.backoff import backoff_s
 from tasks.errors import InvalidTransition, JobNotFound, PixelmillError
 from tasks import leases
 from tasks.jobs import Job, JobStatus
+from tasks.priority import base_of
 from tasks.settings import STAGES
 from tasks.metrics import stage_metrics
 from tasks.worker_runtime import WorkerRuntime, get_worker_runtime
@@ -112,7 +113,8 @@ def _admit(rt: WorkerRuntime, stage: str, job: Job) -> None:
 
 def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
     rt = get_worker_runtime()
-    queue = (task.request.delivery_info or {}).get("routing_key")
+    routing_key = (task.request.delivery_info or {}).get("routing_key")
+    queue = base_of(routing_key) if routing_key else None  # cpu for cpu.high: prices and metrics are per queue
     lease = (str(leases.current_holder()), rt.settings.stage_lease_s)
     try:
         job = rt.store.start_stage(job_id, stage, queue=queue, worker=task.request.hostname,

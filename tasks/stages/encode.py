@@ -1,5 +1,6 @@
 """encode: normalise the image for its engine; for diffusion, find its latent in the cache (the
-same picture, or a near-duplicate of it, encoded before) or VAE-encode it once and store it."""
+same picture, or a near-duplicate of it, encoded before) or VAE-encode it once and store it, and
+make the control maps its ControlNets ask for (cached by the pixels they come from)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from tasks.caching import cache_scope, encoder_spec, expected_latent_bytes
 from tasks.celery_app import app
+from tasks.generation import control_maps
 from tasks.jobs import Job
 from tasks.worker_runtime import WorkerRuntime
 from tasks.stages.base import StageResult, load_image, run_stage, save_image
@@ -26,7 +28,7 @@ def _encode(job: Job, rt: WorkerRuntime) -> StageResult:
     if params.engine == "style":
         return StageResult(outputs={"normalized": save_image(rt, fit_within(image, params.size))})
 
-    loaded = rt.diffusion()
+    loaded = rt.diffusion(params.model)
     engine = loaded.engine
     normalised = normalise_for_diffusion(image, size=params.size, multiple=engine.vae_scale_factor)
     outputs = {"normalized": save_image(rt, normalised)}
@@ -39,7 +41,13 @@ def _encode(job: Job, rt: WorkerRuntime) -> StageResult:
         expected_bytes=expected_latent_bytes(normalised.shape, factor=engine.vae_scale_factor),
     )
     outputs["latent"] = outcome.ref
-    return StageResult(outputs=outputs, cached=outcome.cached, cache=outcome.describe())
+    cache = outcome.describe()
+    if params.control:
+        maps, cache["control"] = control_maps(cache=rt.cache, scope=cache_scope(rt, job), settings=rt.settings,
+                                              params=params, image=normalised, save=lambda m: save_image(rt, m),
+                                              exists=rt.blobs.exists, depth=rt.depth)
+        outputs.update(maps)
+    return StageResult(outputs=outputs, cached=outcome.cached, cache=cache)
 
 
 def _vae_encode(engine: DiffusionEngine, normalised: np.ndarray) -> torch.Tensor:

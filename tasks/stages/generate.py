@@ -9,10 +9,10 @@ import torch
 from tasks.batching import GenerateRequest, generate_requests
 from tasks.caching import cache_scope, generation_key
 from tasks.celery_app import app
+from tasks.generation import CONTROL_OUTPUT, generate_params, prompt_lookup
 from tasks.jobs import Job
 from tasks.worker_runtime import WorkerRuntime
 from tasks.stages.base import StageResult, load_image, run_stage, save_image
-from workers.diffusion import GenerateParams
 from workers.preview import preview_png
 from workers.styles import apply_style
 
@@ -31,11 +31,10 @@ def _generate(job: Job, rt: WorkerRuntime) -> StageResult:
         styled = apply_style(image, params.style, strength=params.style_strength)
         return StageResult(outputs={"generated": save_image(rt, styled)})
 
-    loaded = rt.diffusion()
+    loaded = rt.diffusion(params.model)
     engine = loaded.engine
     scope = cache_scope(rt, job)
-    wanted = GenerateParams(prompt=params.prompt, negative_prompt=params.negative_prompt, strength=params.strength,
-                            steps=params.steps, guidance=params.guidance, seed=params.seed or 0)
+    wanted = generate_params(rt.settings, params)
     key = generation_key(job, loaded, wanted)
     if key is not None:  # an identical request was answered before: serve that result, run nothing
         stored = rt.cache.fetch_result(key, scope_token=scope.token, is_usable=lambda s: rt.blobs.exists(s.generated))
@@ -47,15 +46,21 @@ def _generate(job: Job, rt: WorkerRuntime) -> StageResult:
     if latents is None:  # evicted, cleared or Redis was unavailable: recompute rather than fail
         with torch.inference_mode():
             latents = engine.encode(load_image(rt, job.outputs["normalized"]))
-    request = GenerateRequest(job_id=job.id, latents=latents, params=wanted, on_step=_progress_reporter(job, rt))
+    maps = [load_image(rt, job.outputs[CONTROL_OUTPUT.format(type=c.type)]) for c in wanted.controls]
+    request = GenerateRequest(job_id=job.id, latents=latents, params=wanted, on_step=_progress_reporter(job, rt),
+                              model=params.model, control_images=maps, scope=scope)
     batcher = rt.generate_batcher()
     cache_info = {"latent_tier": tier or "recomputed"}
     if batcher is None:
-        image, device_s = generate_requests(loaded, [request])[0], None
+        image, device_s = generate_requests(loaded, [request], prompts=prompt_lookup(rt.cache))[0], None
     else:  # shares one pipeline call with compatible requests running in this worker
         batched = batcher.run(request)
         image, device_s = batched.value, batched.share_s
         cache_info["batch_size"] = batched.batch_size
+    if request.ran.get("backend"):  # which engine ran it: "openvino-bf16", "torch-f32", "torch-fp16" …
+        cache_info["backend"] = request.ran["backend"]
+    if request.ran.get("prompt"):  # the prompt embeddings: hot | redis (a hit) or computed
+        cache_info["prompt"] = request.ran["prompt"]
     generated = save_image(rt, image)
     if key is not None:
         rt.cache.save_result(key, scope_token=scope.token, generated=generated, job_id=job.id)

@@ -211,7 +211,7 @@ def _finish(store: WebhookStore, delivery: Delivery, *, verdict: Decision, attem
             d.next_attempt_at = now + (verdict.retry_in or 0)
 
     updated = store.update_delivery(delivery.id, change) or delivery
-    record_webhook(store.redis, verdict.outcome)  # tasks.metrics: deliveries by outcome
+    record_webhook(store.redis, verdict.outcome, tenant=delivery.tenant)  # tasks.metrics: by outcome (and tenant)
     if verdict.disable:
         when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         disable_endpoint(store, delivery.endpoint_id, reason=f"answered 410 Gone at {when}")

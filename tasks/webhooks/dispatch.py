@@ -20,7 +20,7 @@ from tasks.events import event_key
 from tasks.jobs import Job
 from tasks.present import batch_payload, job_payload
 from tasks.services import Services
-from tasks.webhooks.models import Delivery, Endpoint, WebhookPayload
+from tasks.webhooks.models import Delivery, Endpoint, WebhookPayload, normalise_url
 from tasks.webhooks.store import WebhookStore, webhook_key
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def _drain_locked(rt: Services, lock: redis.lock.Lock, *, enqueue: Enqueue) -> i
 
 def handle_event(rt: Services, event: JobEvent, *, enqueue: Enqueue) -> list[Delivery]:
     """Create (and enqueue) one delivery per endpoint that wants this event."""
-    endpoints = targets(rt.webhooks, event)
+    endpoints = targets(rt.webhooks, event, max_standing=rt.settings.webhook_max_endpoints)
     if not endpoints:
         return []
     body = payload_body(rt, event)
@@ -84,10 +84,17 @@ def handle_event(rt: Services, event: JobEvent, *, enqueue: Enqueue) -> list[Del
     return created
 
 
-def targets(store: WebhookStore, event: JobEvent) -> list[Endpoint]:
+def targets(store: WebhookStore, event: JobEvent, *, max_standing: int | None = None) -> list[Endpoint]:
     """Standing endpoints whose filter matches, plus the job's and its batch's own subscriptions;
-    one delivery per endpoint, and one per URL (a standing endpoint wins over a per-job one)."""
-    found: dict[str, Endpoint] = {e.id: e for e in store.standing_endpoints(event.tenant) if e.wants(event.type)}
+    one delivery per endpoint, and one per URL, however it is spelled (a standing endpoint wins
+    over a per-job one). At most ``max_standing`` standing endpoints, the oldest: a tenant that
+    has more (made before the cap) does not fan one event out to all of them."""
+    standing = sorted(store.standing_endpoints(event.tenant), key=lambda e: e.created_at)
+    if max_standing is not None and len(standing) > max_standing:
+        log.warning("tenant %s has %d standing webhook endpoints; only the oldest %d hear events "
+                    "(PIXELMILL_WEBHOOK_MAX_ENDPOINTS)", event.tenant, len(standing), max_standing)
+        standing = standing[:max_standing]
+    found: dict[str, Endpoint] = {e.id: e for e in standing if e.wants(event.type)}
     subjects = [event.batch_id] if event.type == "batch.completed" else [event.job_id, event.batch_id]
     for subject in subjects:
         subscription = store.fetch_subscription(subject)
@@ -98,7 +105,7 @@ def targets(store: WebhookStore, event: JobEvent) -> list[Endpoint]:
             found[endpoint.id] = endpoint
     by_url: dict[str, Endpoint] = {}
     for endpoint in sorted(found.values(), key=lambda e: (not e.standing, e.created_at)):
-        by_url.setdefault(endpoint.url, endpoint)
+        by_url.setdefault(normalise_url(endpoint.url), endpoint)
     return list(by_url.values())
 
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 from safety.outbound import OutboundRefused, check_url
 from tasks.settings import Settings
-from tasks.webhooks.errors import DeliveryConflict, WebhookNotFound, WebhookUrlRefused
-from tasks.webhooks.models import Delivery, Endpoint, EndpointCreate, Secret, Subscription, SubscriptionRequest
+from tasks.webhooks.errors import DeliveryConflict, TooManyEndpoints, WebhookNotFound, WebhookUrlRefused
+from tasks.webhooks.models import (Delivery, Endpoint, EndpointCreate, Secret, Subscription, SubscriptionRequest,
+                                   normalise_url)
 from tasks.webhooks.signing import new_secret
 from tasks.webhooks.store import WebhookStore
 
@@ -35,21 +36,29 @@ class Subscribed:
 
 
 def check_webhook_url(url: str, settings: Settings) -> str:
-    """The URL as it will be called, or ``WebhookUrlRefused`` saying why not."""
+    """The URL as it will be called and stored (normalised: one spelling per URL), or
+    ``WebhookUrlRefused`` saying why not."""
     try:
-        return check_url(url, allow_private=settings.webhook_allow_private).url
+        return normalise_url(check_url(url, allow_private=settings.webhook_allow_private).url)
     except OutboundRefused as e:
         raise WebhookUrlRefused(f"webhook_url refused: {e}") from e
 
 
 def create_endpoint(store: WebhookStore, settings: Settings, *, tenant: str,
                     request: EndpointCreate) -> tuple[Endpoint, str]:
-    """A standing endpoint: it hears every event of the tenant that its filter lets through."""
+    """A standing endpoint: it hears every event of the tenant that its filter lets through, so
+    every one costs a POST per event; a tenant may have ``webhook_max_endpoints`` of them."""
     url = check_webhook_url(request.url, settings)
     secret = new_secret()
     endpoint = Endpoint.create(tenant=tenant, url=url, events=list(request.events or ()), secret=secret,
                                description=request.description, standing=True)
-    return store.create_endpoint(endpoint), secret
+    created = store.create_endpoint(endpoint, max_standing=settings.webhook_max_endpoints)
+    if created is None:
+        limit = settings.webhook_max_endpoints
+        raise TooManyEndpoints(f"you already have {limit} webhook endpoints, the most a tenant may have "
+                               f"(PIXELMILL_WEBHOOK_MAX_ENDPOINTS={limit}); delete one you no longer need, "
+                               "or use one endpoint with an event filter")
+    return created, secret
 
 
 def fetch_endpoint(store: WebhookStore, *, tenant: str, endpoint_id: str) -> Endpoint:

@@ -17,6 +17,13 @@ class WebhookUrlRefused(PixelmillError):
     status = 422
 
 
+class TooManyEndpoints(PixelmillError):
+    """The tenant has as many standing endpoints as PIXELMILL_WEBHOOK_MAX_ENDPOINTS allows."""
+
+    code = "too_many_webhooks"
+    status = 422
+
+
 class InvalidWebhook(PixelmillError):
     code = "invalid_webhook"
     status = 422

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -19,6 +20,25 @@ from tasks.webhooks.errors import InvalidWebhook
 
 DeliveryStatus = Literal["pending", "delivered", "dead"]
 MAX_ATTEMPT_LOG = 50
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def normalise_url(url: str) -> str:
+    """The one spelling of a webhook URL that endpoints are stored, deduplicated and counted by:
+    scheme and host lower-case, the default port dropped, an empty path as "/", no fragment (it
+    is never sent). ``https://EXAMPLE.com:443/x#y`` and ``https://example.com/x`` are one URL.
+    Path and query are kept as written (a receiver may tell them apart)."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if ":" in host:  # IPv6: back in brackets
+        host = f"[{host}]"
+    port = parts.port
+    netloc = host if port is None or port == DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+    if parts.username is not None or parts.password is not None:  # refused by the guard; kept, not hidden
+        userinfo = parts.netloc.rpartition("@")[0]
+        netloc = f"{userinfo}@{netloc}"
+    return urlunsplit((scheme, netloc, parts.path or "/", parts.query, ""))
 
 
 def parse_events(value: str | list[str] | tuple[str, ...] | None, *, default: tuple[str, ...]) -> tuple[str, ...]:

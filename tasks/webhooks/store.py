@@ -17,7 +17,7 @@ from collections.abc import Callable
 import redis
 
 from tasks.transition import Transition, Writes
-from tasks.webhooks.models import Delivery, Endpoint, Subscription
+from tasks.webhooks.models import Delivery, Endpoint, Subscription, normalise_url
 
 PREFIX = "pixelmill"
 ENDPOINT_DELIVERIES_KEPT = 1000
@@ -51,7 +51,9 @@ def listener_keys(tenant: str, job_id: str, batch_id: str | None) -> list[str]:
 
 
 def url_digest(url: str) -> str:
-    return hashlib.sha256(url.encode()).hexdigest()[:32]
+    """The key part of a URL's index entry: two spellings of one URL (tasks.webhooks.models.normalise_url)
+    share it."""
+    return hashlib.sha256(normalise_url(url).encode()).hexdigest()[:32]
 
 
 class WebhookStore:
@@ -62,15 +64,31 @@ class WebhookStore:
         self._transition = Transition(client)
 
     # --- endpoints -------------------------------------------------------------------------
-    def create_endpoint(self, endpoint: Endpoint) -> Endpoint:
+    def create_endpoint(self, endpoint: Endpoint, *, max_standing: int | None = None) -> Endpoint | None:
+        """Write a new endpoint with its indexes. A standing one is refused (None) when the tenant
+        already has ``max_standing`` of them: counted and written in one transaction, so parallel
+        requests cannot go past the cap."""
+        standing = webhook_key("standing", endpoint.tenant)
         with self.redis.pipeline() as pipe:
-            pipe.set(webhook_key("endpoint", endpoint.id), _dumps(endpoint.to_dict()))
-            pipe.zadd(webhook_key("endpoints", endpoint.tenant), {endpoint.id: endpoint.created_at})
-            if endpoint.standing:
-                pipe.sadd(webhook_key("standing", endpoint.tenant), endpoint.id)
-            pipe.set(webhook_key("url", endpoint.tenant, url_digest(endpoint.url)), endpoint.id)
-            pipe.execute()
-        return endpoint
+            while True:
+                try:
+                    if endpoint.standing and max_standing is not None:
+                        pipe.watch(standing)
+                        if pipe.scard(standing) >= max_standing:
+                            return None
+                    pipe.multi()
+                    pipe.set(webhook_key("endpoint", endpoint.id), _dumps(endpoint.to_dict()))
+                    pipe.zadd(webhook_key("endpoints", endpoint.tenant), {endpoint.id: endpoint.created_at})
+                    if endpoint.standing:
+                        pipe.sadd(standing, endpoint.id)
+                    pipe.set(webhook_key("url", endpoint.tenant, url_digest(endpoint.url)), endpoint.id)
+                    pipe.execute()
+                    return endpoint
+                except redis.WatchError:
+                    continue
+
+    def count_standing(self, tenant: str) -> int:
+        return self.redis.scard(webhook_key("standing", tenant))
 
     def fetch_endpoint(self, endpoint_id: str) -> Endpoint | None:
         raw = self.redis.get(webhook_key("endpoint", endpoint_id))
@@ -92,7 +110,8 @@ class WebhookStore:
     def endpoint_for_url(self, tenant: str, url: str) -> Endpoint | None:
         endpoint_id = self.redis.get(webhook_key("url", tenant, url_digest(url)))
         endpoint = self.fetch_endpoint(endpoint_id.decode()) if endpoint_id else None
-        return endpoint if endpoint is not None and endpoint.url == url else None
+        same = endpoint is not None and normalise_url(endpoint.url) == normalise_url(url)
+        return endpoint if same else None
 
     def update_endpoint(self, endpoint_id: str, change: Callable[[Endpoint], None]) -> Endpoint | None:
         endpoint: Endpoint

@@ -83,8 +83,10 @@ def test_redis_stopped_twice_mid_batch(tmp_path):
               f"{sorted({j['status'] for j in jobs.values()})}")
         assert all(s < 15 for s in recovered)
         assert {j["status"] for j in jobs.values()} == {"succeeded"}
+        assert stack.log().count("; restarted it at ") == 2, stack.log()[-2000:]  # both stops
         health = requests.get(f"{stack.base}/healthz", timeout=10).json()
-        assert health["restarts"]["redis"]["count"] == 2
+        # the count lives in that Redis: its append-only file (everysec) may lose the first one to the SIGKILL
+        assert health["restarts"]["redis"]["count"] >= 1
         listed = requests.get(f"{stack.base}/api/v1/jobs", params={"limit": 200}, timeout=10).json()["jobs"]
         assert len(listed) == 50  # none lost, none made twice
 

@@ -28,6 +28,7 @@ from cache.keys import EncoderSpec
 from cache.scopes import scope_for
 from tasks.caching import CROP, ROTATION
 from tasks.jobs import JobParams
+from tasks.models import resolve_model
 from tasks.present import job_payload
 from tasks.settings import Settings
 from tasks.submit import Upload, submit_job
@@ -277,8 +278,9 @@ def test_two_workers_missing_on_the_same_photo_encode_it_once(stack: Stack) -> N
     """
     image = photo("rocket")
     scope = scope_for(tenant=stack.rt.settings.default_tenant, mode="tenant")
-    spec = EncoderSpec(model=os.environ["PIXELMILL_DIFFUSION_MODEL"], revision=None, dtype="fp32", size=512,
-                       crop=CROP, rotation=ROTATION)
+    model = resolve_model(stack.rt.settings)  # the default model: the library's "tiny", by its files' fingerprint
+    spec = EncoderSpec(model=model.name, revision=model.revision, dtype="fp32", size=512, crop=CROP,
+                       rotation=ROTATION)
     lock = stack.rt.cache.lock_key(stack.rt.cache.ref_for(normalise_for_diffusion(image, size=512), spec=spec,
                                                           scope=scope))
     cache = redis.Redis.from_url(stack.cache_redis.url)

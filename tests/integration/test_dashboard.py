@@ -111,7 +111,7 @@ def test_stats_have_cost_per_image_stage_percentiles_queues_and_workers(finished
     assert len(cpu_procs) >= 2 and all(w["queues"] == ["cpu"] and w["pool"] == "prefork" and
                                        w["memory"]["rss_bytes"] > 10 * 2**20 for w in cpu_procs), cpu_procs
     gpu = [w for w in stats["workers"] if w["hostname"].startswith("gpu-")]
-    assert gpu and gpu[0]["model"] and gpu[0]["model"].endswith("tiny-sd") and gpu[0]["dtype"], gpu
+    assert gpu and gpu[0]["model"] and gpu[0]["model"].endswith("models/tiny") and gpu[0]["dtype"], gpu
     assert gpu[0]["device"] and gpu[0]["batching"]["max_batch"] == 4 and gpu[0]["state"] == "ready", gpu
     assert stats["jobs"]["finished_last_hour"]["succeeded"] >= 2
     assert len(stats["series"]["minutes"]) == 60 and len(stats["series"]["latency_windows"]) == 12
@@ -128,7 +128,7 @@ def test_the_dashboard_page_renders_the_numbers_offline(finished):
         assert f'data-stage="{stage}"' in html
     assert re.search(r'data-queue="cpu">.*?<td class="num">\d+</td>', html, re.S)  # a depth, not "—"
     assert 'class="pill state-ready">ready<' in html and "test-" in html
-    assert re.search(r"<code>[^<]*tiny-sd</code>", html) and "up to 4, " in html  # the gpu worker's model, batching
+    assert re.search(r"<code>[^<]*models/tiny</code>", html) and "up to 4, " in html  # the gpu worker's model, batching
     assert not re.search(r'(src|href)="(https?:)?//', html)  # nothing from another host: works offline
     assert "<script" not in html and 'style="' not in html
     assert 'href="/dashboard"' in finished["client"].get("/").get_data(as_text=True)  # in the nav

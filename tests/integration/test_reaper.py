@@ -65,9 +65,14 @@ def test_a_job_that_waited_across_a_broker_restart_is_enqueued_again(app, redis_
 
     report = reap(rt)
 
+    # (other modules may leave unfinished jobs in the store: only this test's two are looked at)
     assert before in report.requeued and after not in report.requeued
-    assert _waiting(redis_client) == [before]  # its chain again, from its first stage
-    assert reap(rt).requeued == []  # once: the requeue is a change after the restart
+    assert _mine(_waiting(redis_client), before, after) == [before]  # its chain again, from its first stage
+    assert _mine(reap(rt).requeued, before, after) == []  # once: the requeue is a change after the restart
+
+
+def _mine(job_ids: list[str], *mine: str) -> list[str]:
+    return [job_id for job_id in job_ids if job_id in mine]
 
 
 def _in_flight(app, redis_client, *, lease: str | None) -> str:
@@ -86,7 +91,7 @@ def test_a_stage_held_by_a_live_worker_is_left_alone(app, redis_client):
     job_id = _in_flight(app, redis_client, lease=str(current_holder()))  # this very process: alive
     assert 0 < redis_client.ttl(lease_key(job_id, "encode")) <= 30
     assert job_id not in reap(app.extensions["pixelmill"]).requeued
-    assert _waiting(redis_client) == []
+    assert job_id not in _waiting(redis_client)
 
 
 @pytest.mark.parametrize("why", ["lapsed", "holder gone"])
@@ -107,10 +112,10 @@ def test_a_stage_whose_worker_is_gone_is_enqueued_again_once(app, redis_client, 
     report = reap(rt)
 
     assert job_id in report.requeued
-    assert _waiting(redis_client) == [job_id]  # its chain again, from the stage in flight
+    assert _mine(_waiting(redis_client), job_id) == [job_id]  # its chain again, from the stage in flight
     job = rt.store.fetch(job_id)
     assert job.stages["encode"].requeued_at and not job.stages["encode"].is_in_flight()
-    assert reap(rt).requeued == []  # it waits for that message now, not for a lease
+    assert job_id not in reap(rt).requeued  # it waits for that message now, not for a lease
 
 
 def test_the_finish_of_a_stage_drops_its_lease(app, redis_client):

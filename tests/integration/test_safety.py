@@ -34,11 +34,11 @@ def secure_app(redis_server):
 
 @pytest.fixture
 def tenants(secure_app):
-    """Two tenants with a key each; returns {tenant: headers}."""
+    """Two tenants with an admin key each (it may create keys); returns {tenant: headers}."""
     store = secure_app.extensions["pixelmill"].tenants
     keys = {}
     for tenant in ("alpha", "beta"):
-        _, plaintext = store.create_key(tenant=tenant)
+        _, plaintext = store.create_key(tenant=tenant, admin=True)
         keys[tenant] = {"Authorization": f"Bearer {plaintext}"}
     yield keys
     for tenant in ("alpha", "beta"):

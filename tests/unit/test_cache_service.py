@@ -226,7 +226,7 @@ def test_clearing_a_tenant_forgets_its_entries_in_every_tier(cache_redis) -> Non
     worker = _cache(cache_redis)
     _lookup(worker, _image(), encoder, scope=TENANT_A)
     _lookup(worker, _image(), encoder, scope=TENANT_B)
-    assert worker.entries(TENANT_A) == {"latent": 1, "result": 0}
+    assert worker.entries(TENANT_A) == {"latent": 1, "result": 0, "prompt": 0, "control": 0}
     other_worker = _cache(cache_redis)  # its hot tier is not cleared by the web process…
     other_worker.fetch_latent(_lookup(worker, _image(), encoder, scope=TENANT_A).ref, scope_token=TENANT_A.token)
     assert _cache(cache_redis).clear(TENANT_A) > 0
@@ -259,7 +259,7 @@ def test_a_redis_outage_is_a_miss_never_an_error() -> None:
     assert cache.fetch_latent("t:" + "0" * 64, scope_token=TENANT_A.token) == (None, None)
     assert cache.fetch_result("k", scope_token="t", is_usable=lambda s: True) is None
     assert not cache.save_result("k", scope_token="t", generated="g", job_id="j")
-    assert cache.clear(TENANT_A) is None and cache.entries(TENANT_A) == {"latent": None, "result": None}
+    assert cache.clear(TENANT_A) is None and cache.entries(TENANT_A) == dict.fromkeys(("latent", "result", "prompt", "control"))
     assert cache.stats.snapshot()["available"] is False
     assert time.monotonic() - start < 2  # one failed connect, then the breaker answers at once
 

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from tasks.priority import levels_of
 from tasks.settings import QUEUES, Settings
 from stack.supervisor import plan_worker
 
@@ -304,11 +305,18 @@ def test_compose_io_worker_runs_as_pixelmill_up_runs_it(compose):
 
 
 def test_compose_flower_monitors_the_broker(compose):
-    flowers = _services_running(compose, ["celery", "-A", "tasks.celery_app", "flower"])
+    flowers = _services_running(compose, ["pixelmill", "flower"])
     assert len(flowers) == 1
     (flower,) = flowers.values()
-    assert "--port=5555" in flower["command"]
-    assert any(str(p).endswith("5555:5555") for p in flower["ports"])
+    assert _option_value(flower["command"], "--port") == "5555"
+    assert flower["ports"] == ["127.0.0.1:5555:5555"]  # loopback only, and behind its login
+    assert "PIXELMILL_FLOWER_AUTH" in flower["environment"]
+
+
+def test_compose_publishes_the_web_on_loopback_only(compose):
+    web = compose["services"]["web"]
+    assert web["ports"] == ["127.0.0.1:8000:8000"]
+    assert web["environment"]["PIXELMILL_ALLOW_OPEN"] == "1"  # inside the container, behind that loopback port
 
 
 def test_compose_commands_are_real_cli_entries(compose):
@@ -368,8 +376,8 @@ def test_procfile_serves_every_queue_and_runs_flower():
     for argv in processes.values():
         if argv[:2] == ["pixelmill", "worker"] and "gpu" in _option_value(argv, "--queues").split(","):
             assert_one_process_per_gpu(argv, {})
-    assert processes["flower"][:4] == ["celery", "-A", "tasks.celery_app", "flower"]
-    assert "--port=5555" in processes["flower"]
+    assert processes["flower"][:2] == ["pixelmill", "flower"] and "--host" not in processes["flower"]  # loopback
+    assert _option_value(processes["flower"], "--port") == "5555"
 
 
 # --- deploy/k8s (with KEDA) -------------------------------------------------------------------
@@ -426,16 +434,30 @@ def test_k8s_deployments_run_web_and_a_worker_per_queue(k8s):
                 check_command(container["command"], f"deploy/k8s Deployment {name}")
     gpu = deployments["gpu-worker"]["spec"]["template"]["spec"]["containers"][0]
     assert int(gpu["resources"]["limits"]["nvidia.com/gpu"]) == 1
-    assert_one_process_per_gpu(gpu["command"], {e["name"]: e["value"] for e in gpu.get("env", [])})
-    io_env = {e["name"]: e["value"] for e in deployments["io-worker"]["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert_one_process_per_gpu(gpu["command"], {e["name"]: e.get("value") for e in gpu.get("env", [])})
+    io_env = {e["name"]: e.get("value") for e in deployments["io-worker"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     expected = plan_worker("io").env
     assert {k: io_env.get(k) for k in expected} == expected
 
 
+def _redis_urls(k8s: list[dict]) -> dict[str, str]:
+    """PIXELMILL_REDIS_URL and PIXELMILL_CACHE_REDIS_URL as every pixelmill container sets them
+    (with the password from the Secret); they must be the same in all."""
+    seen: dict[str, set[str]] = {}
+    for deployment in _of_kind(k8s, "Deployment").values():
+        for container in deployment["spec"]["template"]["spec"]["containers"]:
+            if container["image"].startswith("pixelmill"):
+                env = {e["name"]: e.get("value") for e in container.get("env", [])}
+                for name in ("PIXELMILL_REDIS_URL", "PIXELMILL_CACHE_REDIS_URL"):
+                    seen.setdefault(name, set()).add(env.get(name))
+    assert all(len(values) == 1 and None not in values for values in seen.values()), seen
+    return {name: values.pop() for name, values in seen.items()}
+
+
 def test_k8s_redis_policies(k8s):
-    config = _of_kind(k8s, "ConfigMap")["pixelmill-env"]["data"]
-    broker_name = _service_of_url(config["PIXELMILL_REDIS_URL"])
-    cache_name = _service_of_url(config["PIXELMILL_CACHE_REDIS_URL"])
+    urls = _redis_urls(k8s)
+    broker_name = _service_of_url(urls["PIXELMILL_REDIS_URL"])
+    cache_name = _service_of_url(urls["PIXELMILL_CACHE_REDIS_URL"])
     workloads = {**_of_kind(k8s, "Deployment"), **_of_kind(k8s, "StatefulSet")}
     services = _of_kind(k8s, "Service")
     assert broker_name in services and cache_name in services and broker_name != cache_name
@@ -444,28 +466,36 @@ def test_k8s_redis_policies(k8s):
     assert broker["appendonly"] == ["yes"] and broker["maxmemory-policy"] == ["noeviction"]
     assert cache_opts["maxmemory-policy"] == ["allkeys-lru"] and cache_opts["save"] == [""]
     assert cache_opts["appendonly"] == ["no"]
+    for opts, url in ((broker, urls["PIXELMILL_REDIS_URL"]), (cache_opts, urls["PIXELMILL_CACHE_REDIS_URL"])):
+        assert opts["requirepass"] == ["$(REDIS_PASSWORD)"] and urlparse(url).password == "$(REDIS_PASSWORD)"
+    (policy,) = _of_kind(k8s, "NetworkPolicy").values()
+    allowed = policy["spec"]["podSelector"]["matchExpressions"][0]["values"]
+    assert {broker_name, cache_name} <= set(allowed) and policy["spec"]["policyTypes"] == ["Ingress"]
+    sources = policy["spec"]["ingress"][0]["from"]
+    assert {"podSelector": {"matchLabels": {"app": "pixelmill"}}} in sources  # nothing else in the cluster
 
 
 def test_keda_scales_cpu_and_gpu_workers_on_their_celery_queues(k8s):
     scaled = _of_kind(k8s, "ScaledObject")
     workers = _worker_deployments(k8s)
-    config = _of_kind(k8s, "ConfigMap")["pixelmill-env"]["data"]
-    broker = urlparse(config["PIXELMILL_REDIS_URL"])
+    broker = urlparse(_redis_urls(k8s)["PIXELMILL_REDIS_URL"])
     lists = set()
     for name, obj in scaled.items():
         assert obj["apiVersion"] == "keda.sh/v1alpha1"
         target = obj["spec"]["scaleTargetRef"]["name"]
         assert target in workers, f"ScaledObject {name} targets {target}, which runs no worker"
-        (trigger,) = obj["spec"]["triggers"]
-        assert trigger["type"] == "redis"
-        meta = trigger["metadata"]
-        assert meta["listName"] in QUEUES, f"{name}: listName {meta['listName']!r} is not a queue ({QUEUES})"
-        assert workers[target] == meta["listName"], f"{name} scales {target} on another queue's list"
-        assert int(meta["listLength"]) >= 1
-        assert meta["address"].split(".")[0] == broker.hostname, "KEDA must read the broker's Redis"
-        assert meta.get("databaseIndex", "0") == (broker.path.lstrip("/") or "0")
-        assert all(isinstance(v, str) for v in meta.values()), "KEDA trigger metadata values are strings"
-        lists.add(meta["listName"])
+        triggers = obj["spec"]["triggers"]
+        assert [t["metadata"]["listName"] for t in triggers] == levels_of(workers[target]), \
+            f"{name} must scale {target} on every priority level of its queue"
+        for trigger in triggers:
+            assert trigger["type"] == "redis"
+            meta = trigger["metadata"]
+            assert int(meta["listLength"]) >= 1
+            assert meta["address"].split(".")[0] == broker.hostname, "KEDA must read the broker's Redis"
+            assert meta.get("databaseIndex", "0") == (broker.path.lstrip("/") or "0")
+            assert all(isinstance(v, str) for v in meta.values()), "KEDA trigger metadata values are strings"
+            assert meta["passwordFromEnv"] == "REDIS_PASSWORD"  # the broker requires it
+        lists.add(workers[target])
     assert lists == {"cpu", "gpu"}
 
 

@@ -240,3 +240,24 @@ def test_prices_have_defaults_per_queue_and_come_from_the_environment(monkeypatc
     assert Settings().price_per_hour["gpu"] > Settings().price_per_hour["cpu"] > Settings().price_per_hour["io"]
     monkeypatch.setenv("PIXELMILL_PRICE_PER_HOUR", '{"cpu": 0.08, "gpu": 1.9}')
     assert Settings().price_per_hour == {"cpu": 0.08, "gpu": 1.9}
+
+
+# --- service levels per priority -------------------------------------------------------------------
+
+def test_service_levels_per_priority_and_breaches_past_the_target(metrics_redis):
+    store = JobStore(metrics_redis, ttl_s=600, sla_target_s={"high": 60.0, "low": 3600.0})
+    slow = Job.create(tenant="t", params=JobParams(priority="high"), input_ref="blob")
+    slow.created_at -= 120  # submitted two minutes ago: over the high target of 60 s
+    quick_low = Job.create(tenant="t", params=JobParams(priority="low"), input_ref="blob")
+    for job in (store.create(slow), store.create(quick_low)):
+        _run(store, job)
+    failed = store.create(Job.create(tenant="t", params=JobParams(priority="high"), input_ref="blob"))
+    store.fail(failed.id, code="x", message="not a delivered job: no service level")
+
+    totals = fetch_totals(metrics_redis)
+    high_total, high_wait = totals.sla[("total", "high")], totals.sla[("wait", "high")]
+    assert high_total.count == 1 and 120 <= high_total.sum < 130
+    assert high_wait.count == 1 and high_wait.sum <= high_total.sum  # its stages took a little of it
+    assert totals.sla[("total", "low")].count == 1 and totals.sla[("total", "low")].sum < 10
+    assert totals.breaches == {"high": 1}
+    assert 60 < high_total.quantile(0.95) <= 300  # the bucket the two minutes fall in

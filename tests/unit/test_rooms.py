@@ -54,7 +54,7 @@ HEAVY = ("torch", "diffusers", "transformers")
 @pytest.mark.parametrize("code", [
     "import web; web.create_app()",  # every gunicorn worker
     "import tasks.celery_app, tasks.lifecycle, tasks.webhooks.tasks, tasks.celery_app as c; "
-    "[__import__(m) for m in c.modules_for(['io'])]",  # what an io worker imports
+    "[__import__(m) for m in c.modules_for(['io']) + [c.INPUT_MODULES]]",  # what an io worker imports
     "import tasks.reaper, tasks.services; tasks.services.get_services()",  # the reaper, `pixelmill keys`
     "import stack.cli, stack.supervisor, client.submit",  # the command and the HTTP client
 ])
@@ -68,6 +68,6 @@ def test_no_torch_outside_the_engines(code):
 def test_a_stage_worker_does_load_the_stages():
     from tasks.celery_app import IO_MODULES, STAGE_MODULES, modules_for
 
-    assert modules_for(["io"]) == [IO_MODULES]
+    assert modules_for(["io"]) == list(IO_MODULES)
     assert STAGE_MODULES in modules_for(["cpu"]) and STAGE_MODULES in modules_for(["gpu", "io"])
     assert STAGE_MODULES in modules_for(None)  # no -Q: Celery's default queue (cpu)
