@@ -32,6 +32,7 @@ import gc
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -117,14 +118,21 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    started_all = time.perf_counter()
+    load_start = os.getloadavg()[0]
+    tmp = Path(tempfile.mkdtemp(prefix="pixelmill-cpu-backends-"))
+    try:
+        run_all(args, tmp, started_all=started_all, load_start=load_start)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the model and its conversion: ~6 GB
+
+
+def run_all(args: argparse.Namespace, tmp: Path, *, started_all: float, load_start: float) -> None:
     from diffusers import StableDiffusionImg2ImgPipeline
     from diffusers.utils import logging as diffusers_logging
 
     from workers.cpu_backend import cpu_flags, has_bf16_units
 
-    started_all = time.perf_counter()
-    load_start = os.getloadavg()[0]
-    tmp = Path(tempfile.mkdtemp(prefix="pixelmill-cpu-backends-"))
     t = time.perf_counter()
     model = build(tmp / ("tiny" if args.smoke else "sd15"), args.smoke)
     print(f"built {model} in {time.perf_counter() - t:.0f} s", flush=True)
@@ -289,7 +297,7 @@ def report(r: dict) -> None:
     text = f"""## SD 1.5 on a CPU: the OpenVINO backend vs plain diffusers (`make bench-cpu-backends`)
 
 Machine: {machine()}; {units}; OpenVINO {meta['openvino']}; {args.threads} thread(s) on every side. Command:
-`.venv/bin/python bench/cpu_backends.py` ({time.strftime('%Y-%m-%d')}, {r['elapsed'] / 60:.0f} min; load average
+`.venv/bin/python bench/cpu_backends.py --rounds {args.rounds} --threads {args.threads}` ({time.strftime('%Y-%m-%d')}, {r['elapsed'] / 60:.0f} min; load average
 {r['loads'][0]:.1f} at the start, {r['loads'][1]:.1f} at the end). SD 1.5 architecture with random weights
 (bench/sd15.py: same shapes and kernels, so the same cost as the real model), {args.size}×{args.size},
 {args.steps} steps at strength 1.0 ({args.steps} UNet calls with classifier-free guidance), guidance 7.5; medians of

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
                                                                        "time (less memory); auto: batches of 4+")
     cpu_backend: Literal["auto", "openvino", "torch"] = Field(
         "auto", description="what runs diffusion on a CPU device: openvino (the UNet and VAE converted once into "
-                            "models_dir/openvino/, ~5x torch fp32 in bf16) or torch; auto: openvino where the CPU "
+                            "models_dir/openvino/; 2-5x torch fp32 in bf16) or torch; auto: openvino where the CPU "
                             "has bf16 units (avx512_bf16 or AMX) and the package is installed, else torch "
                             "(README: running diffusion on CPUs)")
     cpu_precision: Literal["bf16", "f32"] = Field(

@@ -151,7 +151,7 @@ def choose(options: CpuBackendOptions, *, flags: frozenset[str] | None, openvino
         elif not bf16:
             backend = "torch"
             notes.append("auto picked torch: no bf16 units on this CPU (PIXELMILL_CPU_BACKEND=openvino "
-                         "still runs OpenVINO f32, ~1.5x torch)")
+                         "still runs OpenVINO f32, faster than torch fp32)")
         else:
             backend = "openvino"
     return Choice(backend=backend, precision=precision, notes=tuple(notes))
@@ -297,7 +297,6 @@ def patch_pipeline(pipe: Any, *, unet: UNetRunner | None, encode: PartRunner | N
 
 
 def _patch_unet(module: Any, runner: UNetRunner | None, *, fast_label: str | None, precision: str) -> None:
-    import torch
     from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
     original = module.forward

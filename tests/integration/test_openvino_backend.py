@@ -237,3 +237,17 @@ def test_lora_and_controlnet_calls_run_torch_on_the_same_engine(ov_worker, tiny_
         expected, _ = run(plain_torch, name)
         assert route == ("openvino-f32" if name == "plain" else "torch-f32"), name
         assert np.abs(got - expected).max() <= 2, name
+
+
+def test_models_convert_finds_the_conversion_the_worker_made(ov_worker, tiny_model):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-m", "stack.cli", "models", "convert", "--model", str(tiny_model)],
+                          cwd=ROOT, env={**os.environ, **OV_ENV}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (conversion,) = [p for p in (MODELS_DIR / "openvino").iterdir() if not p.name.startswith(".")]
+    assert f"conversion in {conversion}" in done.stdout and "(openvino-f32)" in done.stdout
+    assert "converted the unet" not in done.stderr  # reused, not converted again
