@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test-deps run test test-unit test-integration test-e2e test-faults tiny-model bench bench-orchestration bench-diffusion bench-engine-options bench-pipeline bench-cache bench-depth bench-cpu-backends clean
+.PHONY: install test-deps run test test-unit test-integration test-e2e test-faults tiny-model bench bench-orchestration bench-diffusion bench-engine-options bench-pipeline bench-cache bench-depth bench-enhance-audit bench-cpu-backends clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +50,7 @@ test-e2e: test-deps
 test-faults: install  ## fault injection only: killed workers, Redis restart, cancel, reaper (Redis and RabbitMQ brokers)
 	$(BIN)/python -m pytest -m faults tests/faults
 
-bench: bench-orchestration bench-diffusion bench-engine-options bench-cache bench-pipeline bench-depth bench-cpu-backends  ## all of them, ~16 min on 2 cores; each writes its section of docs/benchmarks.md
+bench: bench-orchestration bench-diffusion bench-engine-options bench-cache bench-pipeline bench-depth bench-enhance-audit bench-cpu-backends  ## all of them, ~16 min on 2 cores; each writes its section of docs/benchmarks.md
 
 bench-orchestration: install  ## the pipeline with no-op engines vs a plain Celery chain of 4 no-op tasks: p50/p99, jobs/s
 	$(BIN)/python bench/orchestration.py
@@ -77,7 +77,10 @@ bench-cache: install  ## latent cache: miss vs hit with the SD 1.5-size VAE, key
 bench-depth: install  ## a ControlNet and a LoRA step vs a plain step, LoRA load vs cached switch, prompt-cache hit vs encode (tiny model on CPU)
 	$(BIN)/python bench/generation_depth.py
 
-tiny-model: install  ## the tiny random-weight model library in var/models (checkpoint, ControlNets, LoRA, depth), offline
+bench-enhance-audit: install  ## face restoration per face on the CPU: detect, align, restorer session, paste back (tiny face models)
+	$(BIN)/python bench/enhance_audit.py
+
+tiny-model: install  ## the tiny random-weight model library in var/models (checkpoint, ControlNets, LoRA, depth, face models), offline
 	$(BIN)/pixelmill tiny-model var/models
 	@echo "now: PIXELMILL_DIFFUSION_MODEL=tiny make run"
 

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace, worker: subprocess.Popen) -> None:
     from safety.validate import decode_png, encode_png, validate_image
     from tasks.celery_app import app
     from tasks.jobs import JobParams
+    from tasks.settings import STAGES
     from tasks.services import get_services
     from tasks.submit import Upload, submit_job
     from workers.enhance import EnhanceOptions, enhance
@@ -68,40 +69,66 @@ def run(args: argparse.Namespace, worker: subprocess.Popen) -> None:
     photo = encode_png(np.ascontiguousarray(data.astronaut()))
     params = JobParams(style="cartoon", size=args.size, upscale=2, seed=1)
 
+    direct_parts: dict[str, list[float]] = {}
+    service_parts: dict[str, list[float]] = {}
+
     def direct() -> float:
-        start = time.perf_counter()
+        marks = [time.perf_counter()]
         image = fit_within(decode_png(validate_image(photo).png), args.size)
+        marks.append(time.perf_counter())
         styled = apply_style(image, "cartoon")
+        marks.append(time.perf_counter())
         final = enhance(styled, EnhanceOptions(upscale=2))
+        marks.append(time.perf_counter())
         check_quality(final)
         get_classifier().score(final)
         encode_png(final)
-        return time.perf_counter() - start
+        marks.append(time.perf_counter())
+        for name, a, b in zip(("validate + normalise", "style", "enhance", "audit + encode result"), marks, marks[1:]):
+            direct_parts.setdefault(name, []).append(b - a)
+        return marks[-1] - marks[0]
 
     def service() -> float:
         rt = get_services()
         start = time.perf_counter()
+        wall_start = time.time()
         job = submit_job(rt, tenant="bench", upload=Upload("a.png", photo), params=params)
+        submitted = time.time()
         while not (job := rt.store.fetch(job.id)).status.is_terminal():
             time.sleep(0.005)
+        total = time.perf_counter() - start
         assert job.status.value == "succeeded", job.error
-        return time.perf_counter() - start
+        service_parts.setdefault("submit (validate, store, record, enqueue)", []).append(submitted - wall_start)
+        previous = submitted
+        for stage in STAGES:
+            record = job.stages[stage]
+            service_parts.setdefault(f"{stage}: wait (queue hop, start transition)", []).append(record.started_at - previous)
+            service_parts.setdefault(f"{stage}: run (work, blobs, finish transition)", []).append(record.finished_at - record.started_at)
+            previous = record.finished_at
+        service_parts.setdefault("seen done by the poller", []).append(wall_start + total - previous)
+        return total
 
     direct(), service()  # warm both paths
+    direct_parts.clear(), service_parts.clear()
     direct_s, service_s = [], []
     for _ in range(args.jobs):  # interleaved, so noise hits both alike
         direct_s.append(direct())
         service_s.append(service())
     d, s = statistics.median(direct_s), statistics.median(service_s)
+    breakdown = [(f"direct: {name}", statistics.median(v)) for name, v in direct_parts.items()]
+    breakdown += [(f"service: {name}", statistics.median(v)) for name, v in service_parts.items()]
+    for name, value in breakdown:
+        print(f"  {name:60s} {value * 1000:7.1f} ms")
     print(f"style job (cartoon, {args.size}px, upscale ×2), {args.jobs} runs each, medians:")
     print(f"  engines in one process : {d * 1000:8.1f} ms")
     print(f"  through pixelmill      : {s * 1000:8.1f} ms   (submit → 4 Celery stages → succeeded)")
     print(f"  ratio service / direct : {s / d:8.2f}×   overhead {1000 * (s - d):.1f} ms per job")
     if not args.no_write:
-        write_docs(args, direct=d, service=s)
+        write_docs(args, direct=d, service=s, breakdown=breakdown)
 
 
-def write_docs(args: argparse.Namespace, *, direct: float, service: float) -> None:
+def write_docs(args: argparse.Namespace, *, direct: float, service: float,
+               breakdown: list[tuple[str, float]]) -> None:
     rows = [("the same engines called in one process (validate, normalise, style, enhance, audit, encode)",
              f"{direct * 1000:.1f} ms"),
             ("through pixelmill (submit → encode → generate → enhance → audit on a Celery worker → succeeded)",

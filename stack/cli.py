@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="submit again the inputs whose jobs failed, were blocked or canceled in an earlier run")
 
     tiny = sub.add_parser("tiny-model", help="build the tiny random-weight model library: an SD checkpoint (folder "
-                                             "and single file), ControlNets, a LoRA, a depth model (demos, tests)")
+                                             "and single file), ControlNets, a LoRA, a depth model, a CLIP (demos, tests)")
     tiny.add_argument("path", type=Path, nargs="?", help="the library (default: PIXELMILL_MODELS_DIR, var/models)")
 
     sub.add_parser("reaper", help="fail expired jobs and re-enqueue stuck ones, every reaper_interval_s")
@@ -82,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     policy.add_argument("--action", choices=["block", "flag", "blur"])
     policy.add_argument("--max-priority", choices=["high", "normal", "low"],
                         help="the highest priority this tenant's jobs may ask for")
+    policy.add_argument("--quality-metric", choices=["clipscore", "sharpness", "off", "default"],
+                        help="the quality policy's score (clipscore needs PIXELMILL_CLIP_MODEL); off: no quality "
+                             "policy for this tenant; default: back to the quality_* settings")
+    policy.add_argument("--quality-threshold", type=float, help="below this score the quality policy acts")
+    policy.add_argument("--quality-action", choices=["flag", "fail", "regenerate"],
+                        help="flag (served, marked), fail (quality_below_threshold) or regenerate (a new seed, "
+                             "keeping the best)")
+    policy.add_argument("--quality-retries", type=int, metavar="N", help="regenerations at most (action regenerate)")
 
     models = sub.add_parser("models", help="the model library")
     models_sub = models.add_subparsers(dest="models_command", required=True)
@@ -330,10 +338,45 @@ def _policy(args: argparse.Namespace) -> int:
         rt.tenants.save_policy(args.tenant, current)
     if args.max_priority:
         rt.tenants.save_max_priority(args.tenant, args.max_priority)
+    quality = _quality_policy(rt, args)
     highest = rt.tenants.max_priority(args.tenant, default=rt.settings.max_priority)
     print(f"tenant {args.tenant}: threshold {current.threshold}, action {current.action.value}, "
           f"highest priority {highest}")
+    if quality is None:
+        print(f"tenant {args.tenant}: no quality policy (scores are recorded, nothing acts on them)")
+    else:
+        print(f"tenant {args.tenant}: quality {quality.metric} below {quality.threshold:g}: {quality.action.value}"
+              + (f" (at most {quality.max_retries} regenerations)" if quality.action.value == "regenerate" else ""))
     return 0
+
+
+def _quality_policy(rt, args: argparse.Namespace):
+    """Set what the quality options say (starting from the tenant's policy); the policy now."""
+    from safety.quality_policy import QualityAction, QualityPolicy
+
+    if args.quality_metric == "off":
+        rt.tenants.save_quality_policy(args.tenant, None)
+    elif args.quality_metric == "default":
+        rt.tenants.clear_quality_policy(args.tenant)
+    elif args.quality_metric or args.quality_threshold is not None or args.quality_action \
+            or args.quality_retries is not None:
+        current = rt.quality_policy(args.tenant)
+        metric = args.quality_metric or (current.metric if current else None)
+        if metric is None:
+            raise SystemExit("the tenant has no quality policy yet: give --quality-metric (clipscore or sharpness)")
+        try:
+            policy = QualityPolicy(
+                metric=metric,
+                threshold=args.quality_threshold if args.quality_threshold is not None
+                else (current.threshold if current else 0.0),
+                action=QualityAction(args.quality_action) if args.quality_action
+                else (current.action if current else QualityAction.FLAG),
+                max_retries=args.quality_retries if args.quality_retries is not None
+                else (current.max_retries if current else 2))
+        except ValueError as e:
+            raise SystemExit(f"pixelmill policy: {e}") from e
+        rt.tenants.save_quality_policy(args.tenant, policy)
+    return rt.quality_policy(args.tenant)
 
 
 COMMANDS = {"flower": _flower, "up": _up, "worker": _worker, "web": _web, "redis": _redis, "submit": _submit, "tiny-model": _tiny_model,

@@ -14,12 +14,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from workers.library import FOLDERS, KINDS, Library, ModelEntry, inspect_controlnet, inspect_depth, inspect_lora
+from workers.library import (FOLDERS, KINDS, Library, ModelEntry, inspect_clip, inspect_controlnet, inspect_depth,
+                             inspect_face, inspect_lora)
 from workers.safetensors_header import HeaderError, read_header
 
 PULL_PATTERNS = ["*.json", "*.txt", "*.safetensors", "*.model"]  # never .bin/.ckpt/.pt: pickles run code
 CONFIG_PATTERNS = ["*.json", "*.txt", "*.model"]
-ADDABLE = ("checkpoint", "lora", "controlnet", "depth")
+ADDABLE = ("checkpoint", "lora", "controlnet", "depth", "face", "clip")
 
 
 class ModelsError(Exception):
@@ -77,7 +78,8 @@ def models_list(args: argparse.Namespace) -> int:
         print("(empty: `pixelmill models add PATH`, `pixelmill models pull REPO` or `pixelmill tiny-model`)")
     for m in listing.models:
         status = "ok" if m.usable else f"NOT USABLE: {m.problem}"
-        extra = f" ({m.control_type})" if m.control_type else " (+text encoder)" if m.text_encoder else ""
+        extra = (f" ({m.control_type})" if m.control_type else " (+text encoder)" if m.text_encoder
+                 else f" ({m.role})" if m.role else "")
         mark = "*" if m.default else " "
         print(f"{mark} {m.kind:10} {m.name:32} {m.base or '-':6} {m.format:12} {_size(m.size_bytes):>9}  "
               f"{status}{extra}")
@@ -101,6 +103,8 @@ def detect_kind(path: Path) -> str:
         config = _json(path / "config.json")
         if config.get("_class_name") == "ControlNetModel":
             return "controlnet"
+        if config.get("model_type") == "clip":
+            return "clip"
         if config.get("model_type"):
             return "depth"
         if any(path.glob("*.safetensors")):
@@ -110,8 +114,11 @@ def detect_kind(path: Path) -> str:
                               "convert them to .safetensors first")
         raise ModelsError(f"{path} is no model folder this library knows: no model_index.json (a diffusers "
                           "checkpoint), no config.json (a ControlNet or depth model), no .safetensors (a LoRA)")
+    if path.suffix == ".onnx":
+        return "face"  # the only ONNX models of the library: face restorers and detectors
     if path.suffix != ".safetensors":
-        raise ModelsError(f"{path.name}: only .safetensors files are taken (a {path.suffix or 'file without a suffix'} "
+        raise ModelsError(f"{path.name}: only .safetensors files (and .onnx face models) are taken (a "
+                          f"{path.suffix or 'file without a suffix'} "
                           "may be a pickle, which can run code when loaded)")
     try:
         keys = read_header(path).keys()
@@ -130,7 +137,9 @@ def inspect(library: Library, path: Path, kind: str) -> ModelEntry:
     entry = {"checkpoint": lambda: library.inspect_checkpoint(path),
              "lora": lambda: inspect_lora(path),
              "controlnet": lambda: inspect_controlnet(path),
-             "depth": lambda: inspect_depth(path)}[kind]()
+             "depth": lambda: inspect_depth(path),
+             "face": lambda: inspect_face(path),
+             "clip": lambda: inspect_clip(path)}[kind]()
     if entry is None:
         raise ModelsError(f"{path} is not a {kind} this library can read")
     return entry

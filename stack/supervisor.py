@@ -13,6 +13,7 @@ from pathlib import Path
 
 from stack.lock import FolderInUse, FolderLock
 from stack.redis_server import RedisServer, RedisServerError
+from tasks.priority import base_of
 
 STOP_GRACE_S = 20.0
 # A threads-pool worker crashes ("Unrecoverable error") when Celery cancels its running tasks
@@ -38,13 +39,16 @@ def plan_worker(queues: str, *, concurrency: int | None = None, gpu_max_batch: i
       gpu_max_batch + 1 (one spare for encode), so generate tasks meet in the batcher; the model
       is loaded once in that process, before it consumes;
     - anything else: prefork (one process per slot; gpu: 1, loaded in the child after fork).
+
+    A priority level counts as its queue: `gpu.high` alone is a gpu worker (tasks.priority).
     """
     names = [q.strip() for q in queues.split(",") if q.strip()]
-    gpu = "gpu" in names
+    bases = {base_of(name) for name in names}
+    gpu = "gpu" in bases
     preload = {"PIXELMILL_PRELOAD_MODELS": "1"} if gpu else {}
-    if names == ["io"]:
+    if bases == {"io"}:
         return WorkerPlan(queues, "threads", concurrency or 8, dict(THREADS_WORKER_ENV))
-    if names == ["gpu"] and gpu_max_batch > 1:
+    if bases == {"gpu"} and gpu_max_batch > 1:
         return WorkerPlan(queues, "threads", concurrency or gpu_max_batch + 1, {**THREADS_WORKER_ENV, **preload})
     return WorkerPlan(queues, "prefork", concurrency or (1 if gpu else 2), preload)
 

@@ -1,8 +1,10 @@
 """Dynamic batching of generate on a gpu worker: the worker runs generate tasks on a threads
 pool; each task thread hands its request to one GenerateBatcher per process and waits for its
-own image. Compatible requests (same model, latent size, steps, strength, guidance, LoRAs and
+own image. Compatible requests (same model, dtype, latent size, steps, strength, guidance, LoRAs and
 ControlNets) share one pipeline call; every task still acks, records progress and fails on its
-own (acks-late per job). Each request's prompt embeddings come from the prompt cache when given."""
+own (acks-late per job). Each request's prompt embeddings come from the prompt cache when given.
+Requests at different dtypes (from queues of different precision: tasks.quality.queue_dtype) never
+share a batch: each runs on the model resident at its own dtype."""
 
 from __future__ import annotations
 
@@ -35,9 +37,10 @@ class GenerateRequest:
     model: str | None = None  # a library name; None: the default model
     control_images: list[np.ndarray] = field(default_factory=list)  # one map per params.controls
     scope: Any = None  # the job's cache scope (cache.scopes.Scope), for its prompt-cache lookups
+    dtype: str | None = None  # the precision it runs at (its queue's); None: the worker's
 
     def batch_key(self) -> Hashable:
-        return (self.model, tuple(self.latents.shape), self.params.batch_key())
+        return (self.model, self.dtype, tuple(self.latents.shape), self.params.batch_key())
 
 
 # prompts(loaded, request) → the request's prompt embeddings (from a cache, or encoded; may note the
@@ -102,8 +105,9 @@ class GenerateBatcher:
         self._batcher.close()
 
     def _run(self, requests: list[GenerateRequest]) -> list[np.ndarray]:
-        model = requests[0].model
-        loaded = self._load() if model is None else self._load(model)
+        model, dtype = requests[0].model, requests[0].dtype  # the same for the whole batch (its key)
+        loaded = self._load(model, dtype=dtype) if dtype is not None else (
+            self._load() if model is None else self._load(model))
         return generate_requests(loaded, requests, prompts=self._prompts)
 
     def _on_their_way(self) -> int:

@@ -32,12 +32,16 @@ def stage_cost_usd(device_s: float, queue: str | None, prices: Mapping[str, floa
 
 
 def job_cost(job: Job, prices: Mapping[str, float]) -> Cost:
-    """What a job's stages used so far (a stage that never finished recorded nothing)."""
+    """What a job's stages used so far (a stage that never finished recorded nothing), with the
+    attempts its quality policy regenerated."""
     seconds: dict[str, float] = {}
     for record in job.stages.values():
         if record.device_s is not None:
             queue = record.queue or UNKNOWN_QUEUE
             seconds[queue] = seconds.get(queue, 0.0) + record.device_s
+    for attempt in job.attempts:  # generations a quality policy set aside (their stages were reset)
+        for queue, used in (attempt.get("device_seconds") or {}).items():
+            seconds[queue] = seconds.get(queue, 0.0) + used
     return priced(seconds, prices)
 
 

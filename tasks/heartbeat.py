@@ -44,6 +44,7 @@ class WorkerInfo:
     backend: str | None = None  # what runs diffusion: "openvino-bf16", "torch-f32", "torch-fp16" (GPU) …
     converting: dict[str, Any] | None = None  # an OpenVINO conversion in progress (part, step/steps, elapsed_s)
     plan: dict[str, Any] | None = None  # the autotune plan a gpu worker runs with (tasks.autotune)
+    queue_dtypes: dict[str, str] | None = None  # the dtype each queue's diffusion stages run at (when set per queue)
     started_at: float = 0.0
     seen_at: float = 0.0
     incarnation: str = ""  # new at every process start (a restarted worker may reuse hostname and pid)

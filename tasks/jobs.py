@@ -48,6 +48,8 @@ ALLOWED: dict[JobStatus, frozenset[JobStatus]] = {
     | ({JobStatus.SUCCEEDED, JobStatus.BLOCKED} if status is JobStatus.AUDITING else set())
     for i, status in enumerate(_ORDER)
 }
+# A quality policy that regenerates (safety.quality_policy) starts the chain again at generate.
+ALLOWED[JobStatus.AUDITING] |= {JobStatus.GENERATING}
 for _terminal in TERMINAL:
     ALLOWED[_terminal] = frozenset()
 
@@ -135,6 +137,13 @@ class JobParams(BaseModel):
     upscale: Literal[1, 2, 4] = Field(1, description="enhance: enlarge the result by this factor")
     sharpen: bool = Field(False, description="enhance: sharpen the result")
     local_contrast: bool = Field(False, description="enhance: local contrast (CLAHE)")
+    face_restore: float | None = Field(None, ge=0.0, le=1.0, description="enhance: restore the faces found in "
+                                                                    "the result, with this weight of the "
+                                                                    "restored face over the original (0 keeps "
+                                                                    "it, 1 is all restorer; 0.5 is a common "
+                                                                    "choice); needs a restorer and a detector "
+                                                                    "(PIXELMILL_FACE_RESTORER, "
+                                                                    "PIXELMILL_FACE_DETECTOR)")
     quality: Literal["draft", "standard", "best"] | None = Field(None, description="diffusion: a service level: "
                                                                    "its steps and size unless you send them, and "
                                                                    "the class of worker (queue, precision) that "
@@ -154,6 +163,10 @@ class JobParams(BaseModel):
                                           "`name:0.7,other`)")
     clip_skip: int = Field(0, ge=0, le=MAX_CLIP_SKIP, description="diffusion: skip the text encoder's last layers "
                                                                  "(0: none, 1: the penultimate layer's output)")
+    min_clipscore: float | None = Field(None, ge=0.0, le=100.0, description="diffusion: the CLIPScore (0-100) the "
+                                                                         "result should reach; below it the tenant's "
+                                                                         "quality policy acts (flag when it has none); "
+                                                                         "needs a CLIP model (PIXELMILL_CLIP_MODEL)")
 
     @field_validator("control", mode="before")
     @classmethod
@@ -192,6 +205,7 @@ class StageRecord:
     worker: str | None = None
     device_s: float | None = None  # the worker-process time it used (its share, when batched): what it costs
     requeued_at: float | None = None  # the reaper enqueued it again (its holder was gone)
+    dtype: str | None = None  # the precision a diffusion stage ran at: fp32, fp16, bf16 (its queue's)
 
     def is_in_flight(self) -> bool:
         """Started, not done, and not waiting for a message the reaper sent since."""
@@ -219,6 +233,11 @@ class Job:
     # where the input came from: {"kind": "upload"}, {"kind": "data_uri", "media_type": …} or
     # {"kind": "url", "url": …}; never the data itself. A URL job has no input_ref until it is fetched.
     source: dict[str, Any] | None = None
+    # Every generation of a job whose quality policy regenerated it (safety.quality_policy): seed,
+    # scores, blobs, and which one was kept. Empty when the first attempt was the only one.
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    # What face restoration did in enhance (face_restore): {"found", "restored", "weight", "restorer", "detector"}.
+    faces: dict[str, Any] | None = None
 
     @classmethod
     def create(cls, *, tenant: str, params: JobParams, input_ref: str, input_name: str = "",

@@ -10,6 +10,7 @@ from typing import Any
 
 from tasks.celery_app import STAGE_MODULES, modules_for
 from tasks.heartbeat import Heartbeat
+from tasks.priority import base_of, consume_order
 from tasks.services import get_services
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,12 @@ class WorkerContext:
     def batches_generate(self) -> bool:
         """One process runs many generate tasks at once (a threads pool on the gpu queue), so
         they can share pipeline calls. A prefork child runs one task at a time: nothing to batch."""
-        return self.pool == "threads" and "gpu" in self.queues and self.concurrency > 1
+        return self.pool == "threads" and self.serves_gpu and self.concurrency > 1
+
+    @property
+    def serves_gpu(self) -> bool:
+        """It consumes the gpu queue or one of its levels (`gpu.high` …)."""
+        return "gpu" in {base_of(queue) for queue in self.queues}
 
     @property
     def runs_stages(self) -> bool:
@@ -80,11 +86,12 @@ def start_process() -> None:
         import torch
 
         torch.set_num_threads(rt.settings.torch_threads)
-    if _context is not None and "gpu" in _context.queues:
+    if _context is not None and _context.serves_gpu:
         rt.adopt_plan()  # the autotune plan of this device (dtype, max batch), before anything loads
     _heartbeat = Heartbeat(rt.redis, describe, hostname=hostname, lease_ttl_s=rt.settings.stage_lease_s).start()
     try:
-        rt.warm_up(batching=bool(_context and _context.batches_generate))
+        rt.warm_up(batching=bool(_context and _context.batches_generate),
+                   queues=consume_order(_context.queues) if _context else None)  # the model at each queue's dtype
     finally:
         _state = "ready"
         _heartbeat.beat()
@@ -124,6 +131,8 @@ def describe() -> dict[str, Any]:
         fields["batching"] = {"max_batch": batcher.max_batch, "max_wait_ms": round(batcher.max_wait_s * 1000)}
     if rt.plan is not None:
         fields["plan"] = rt.plan  # the autotune plan in use (tasks.autotune)
+    if rt.settings.queue_dtypes and ctx is not None:  # the dtype each queue's diffusion stages run at
+        fields["queue_dtypes"] = {queue: rt.dtype_for(queue) for queue in consume_order(ctx.queues)}
     return fields
 
 

@@ -14,7 +14,8 @@ per minute (TTL ~2 h, for "the last hour" on the dashboard). Field names:
 ``lat:<stage>:<queue>:<bucket>``, ``lat_sum:<stage>:<queue>``, ``dev:<stage>:<queue>``,
 ``usd:<queue>``, ``jobs:<state>``, ``img:<queue>``, ``webhook:<outcome>``, ``created``, and per
 priority for succeeded jobs ``sla:<wait|total>:<priority>:<bucket>``, ``sla_sum:…`` and
-``breach:<priority>`` (service levels: tasks.priority).
+``breach:<priority>`` (service levels: tasks.priority). Ended jobs' quality scores (of the attempt
+served): ``score:<clipscore|sharpness>:<bucket>`` and ``score_sum:…`` (buckets: ``SCORE_BUCKETS``).
 
 Each tenant has the same two kinds of hash (``tenant:<tenant>:totals`` and ``…:minute:<m>``), for
 the figures a tenant sees of its own work: written once per job, when it ends (its stages' latency
@@ -42,6 +43,11 @@ PREFIX = "pixelmill:metrics"
 # Upper bounds (seconds) of the latency buckets, 10 ms … 30 min; a last bucket takes the rest (+Inf).
 BUCKETS: tuple[float, ...] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
                               120.0, 300.0, 600.0, 1200.0, 1800.0)
+# Quality scores of ended jobs (their audit's, of the attempt kept): upper bounds per score.
+SCORE_BUCKETS: dict[str, tuple[float, ...]] = {
+    "clipscore": (5.0, 10.0, 15.0, 20.0, 22.5, 25.0, 27.5, 30.0, 32.5, 35.0, 40.0, 50.0, 100.0),
+    "sharpness": (10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0),
+}
 MINUTE_TTL_S = 2 * 3600 + 120
 WINDOW_MINUTES = 60
 
@@ -65,22 +71,28 @@ def _totals_key(tenant: str | None = None) -> str:
 
 # --- histogram math -----------------------------------------------------------------------------
 
-def bucket_index(seconds: float) -> int:
-    """The bucket a latency falls in: the first whose bound is ≥ it (len(BUCKETS) for +Inf)."""
-    return bisect.bisect_left(BUCKETS, seconds)
+def bucket_index(seconds: float, bounds: tuple[float, ...] = BUCKETS) -> int:
+    """The bucket a latency (or a score, with its bounds) falls in: the first whose bound is ≥ it
+    (len(bounds) for +Inf)."""
+    return bisect.bisect_left(bounds, seconds)
 
 
 @dataclass
 class Histogram:
     counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))  # per bucket, not cumulative
     sum: float = 0.0
+    bounds: tuple[float, ...] = BUCKETS  # the buckets' upper bounds (a score's: SCORE_BUCKETS)
+
+    @classmethod
+    def of(cls, bounds: tuple[float, ...]) -> "Histogram":
+        return cls(counts=[0] * (len(bounds) + 1), bounds=bounds)
 
     @property
     def count(self) -> int:
         return sum(self.counts)
 
     def observe(self, seconds: float) -> None:
-        self.counts[bucket_index(seconds)] += 1
+        self.counts[bucket_index(seconds, self.bounds)] += 1
         self.sum += seconds
 
     def merge(self, other: "Histogram") -> "Histogram":
@@ -91,7 +103,7 @@ class Histogram:
     def cumulative(self) -> list[tuple[float, int]]:
         """(upper bound, observations ≤ it) for every bucket, the last bound being +inf."""
         out, running = [], 0
-        for bound, n in zip((*BUCKETS, float("inf")), self.counts, strict=True):
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
             running += n
             out.append((bound, running))
         return out
@@ -107,12 +119,12 @@ class Histogram:
         below = 0
         for i, n in enumerate(self.counts):
             if n and below + n >= rank:
-                if i == len(BUCKETS):
-                    return BUCKETS[-1]
-                lower = BUCKETS[i - 1] if i else 0.0
-                return lower + (BUCKETS[i] - lower) * max(rank - below, 0.0) / n
+                if i == len(self.bounds):
+                    return self.bounds[-1]
+                lower = self.bounds[i - 1] if i else 0.0
+                return lower + (self.bounds[i] - lower) * max(rank - below, 0.0) / n
             below += n
-        return BUCKETS[-1]
+        return self.bounds[-1]
 
 
 # --- aggregates -------------------------------------------------------------------------------------
@@ -129,6 +141,7 @@ class Aggregate:
     webhooks: dict[str, int] = field(default_factory=dict)                   # outcome
     sla: dict[tuple[str, str], Histogram] = field(default_factory=dict)      # (wait | total, priority)
     breaches: dict[str, int] = field(default_factory=dict)                   # priority
+    scores: dict[str, Histogram] = field(default_factory=dict)               # clipscore | sharpness
     created: int = 0
 
     @classmethod
@@ -171,11 +184,17 @@ class Aggregate:
             self.sla.setdefault((measure, priority), Histogram()).sum += float(value)
         elif kind == "breach":
             self.breaches[rest] = self.breaches.get(rest, 0) + int(value)
+        elif kind == "score" and (metric := rest.rpartition(":")[0]) in SCORE_BUCKETS:
+            self.score_histogram(metric).counts[int(rest.rpartition(":")[2])] += int(value)
+        elif kind == "score_sum" and rest in SCORE_BUCKETS:
+            self.score_histogram(rest).sum += float(value)
 
     def merge(self, other: "Aggregate") -> "Aggregate":
         for mine_h, theirs_h in ((self.latency, other.latency), (self.sla, other.sla)):
             for key, hist in theirs_h.items():
                 mine_h.setdefault(key, Histogram()).merge(hist)
+        for metric, hist in other.scores.items():
+            self.score_histogram(metric).merge(hist)
         for mine, theirs in ((self.device_s, other.device_s), (self.usd, other.usd), (self.jobs, other.jobs),
                              (self.images, other.images), (self.webhooks, other.webhooks),
                              (self.breaches, other.breaches)):
@@ -183,6 +202,12 @@ class Aggregate:
                 mine[key] = mine.get(key, 0) + value
         self.created += other.created
         return self
+
+    def score_histogram(self, metric: str) -> Histogram:
+        """Ended jobs' ``metric`` (clipscore, sharpness), in its buckets."""
+        if metric not in self.scores:
+            self.scores[metric] = Histogram.of(SCORE_BUCKETS[metric])
+        return self.scores[metric]
 
     def stage_histogram(self, stage: str) -> Histogram:
         """One stage's latency over every queue it ran on."""
@@ -253,6 +278,8 @@ def count_transition(pipe: Writes, before: JobStatus, job: Job, *, now: float | 
                     pipe.hincrby(key, f"img:{queue}", 1)
         for key in (_totals_key(job.tenant), tenant_minute):  # the service's own are written per stage
             _job_stages(pipe, key, job)
+        for key in (metrics_key("totals"), minute, _totals_key(job.tenant), tenant_minute):
+            _job_scores(pipe, key, job)
         if job.status is JobStatus.SUCCEEDED:
             for key in (metrics_key("totals"), minute, _totals_key(job.tenant), tenant_minute):
                 _job_sla(pipe, key, job, target_s=(sla_target_s or {}).get(job.params.get("priority", "normal")))
@@ -273,6 +300,16 @@ def _job_stages(pipe: Writes, key: str, job: Job) -> None:
         pipe.hincrbyfloat(key, f"lat_sum:{stage}:{q}", round(seconds, 6))
         if record.device_s:
             pipe.hincrbyfloat(key, f"dev:{stage}:{q}", round(record.device_s, 6))
+
+
+def _job_scores(pipe: Writes, key: str, job: Job) -> None:
+    """An ended job's quality scores (of the attempt served), in their histograms."""
+    scores = (job.audit or {}).get("scores") or {}
+    for metric, bounds in SCORE_BUCKETS.items():
+        value = scores.get(metric)
+        if isinstance(value, int | float):
+            pipe.hincrby(key, f"score:{metric}:{bucket_index(value, bounds)}", 1)
+            pipe.hincrbyfloat(key, f"score_sum:{metric}", round(float(value), 6))
 
 
 def _job_sla(pipe: Writes, key: str, job: Job, *, target_s: float | None) -> None:

@@ -173,6 +173,56 @@ def resolve_depth(settings: Settings) -> ModelEntry:
     return usable[0]
 
 
+def resolve_clip(settings: Settings) -> ModelEntry:
+    """The CLIP model that scores results against their prompt (PIXELMILL_CLIP_MODEL, a name in clip/)."""
+    if not settings.clip_model:
+        lib = library(settings)
+        raise ModelRefused("CLIPScore needs a CLIP model: the operator sets PIXELMILL_CLIP_MODEL to a name in the "
+                           f"library's clip/ (CLIP models there now: {_choices(lib, 'clip')}; e.g. "
+                           "openai/clip-vit-base-patch32, MIT)", code="clip_unavailable")
+    entry = library(settings).find(settings.clip_model, kind="clip")
+    if entry is None or entry.problem:
+        why = entry.problem if entry else "it is not in the library (clip/)"
+        raise ModelRefused(f"the CLIP model {settings.clip_model!r} (PIXELMILL_CLIP_MODEL) cannot be used: {why}",
+                           code="clip_unavailable")
+    return entry
+
+
+@dataclass(frozen=True)
+class FaceModels:
+    restorer: ModelEntry
+    detector: ModelEntry
+
+
+_FACE_SETTINGS = {"restorer": ("face_restorer", "PIXELMILL_FACE_RESTORER", "a GFPGAN-class restorer (e.g. GFPGANv1.4 "
+                                                                           "exported to ONNX, Apache-2.0)"),
+                  "detector": ("face_detector", "PIXELMILL_FACE_DETECTOR", "the YuNet detector "
+                                                                           "(face_detection_yunet_2023mar.onnx)")}
+
+
+def resolve_faces(settings: Settings) -> FaceModels:
+    """The restorer and the detector face_restore runs with (PIXELMILL_FACE_RESTORER and
+    PIXELMILL_FACE_DETECTOR, names in face/); ModelRefused (422) names the setting that is missing."""
+    lib = library(settings)
+    chosen = {}
+    for role, (field, env, example) in _FACE_SETTINGS.items():
+        name = getattr(settings, field)
+        fitting = [e.name for e in lib.entries("face") if e.role == role and e.is_usable]
+        choices = ", ".join(repr(n) for n in fitting) or "none"
+        if not name:
+            raise ModelRefused(f"face_restore needs a face {role}, and none is configured: the operator sets {env} "
+                               f"to {example} in the library's face/ folder ({role}s there now: {choices}; README: "
+                               "face restoration)", code="face_restore_unavailable")
+        entry = lib.find(name, kind="face")
+        why = ("it is not in the library (face/)" if entry is None else entry.problem
+               or (f"it is a face {entry.role}, not a {role}" if entry.role != role else None))
+        if why:
+            raise ModelRefused(f"the face {role} {name!r} ({env}) cannot be used: {why} ({role}s there now: "
+                               f"{choices})", code="face_restore_unavailable")
+        chosen[role] = entry
+    return FaceModels(**chosen)
+
+
 def _unknown_base() -> ModelEntry:
     return ModelEntry(name="the default model", kind="checkpoint", path=Path("."), format="hub", size_bytes=0)
 
@@ -183,6 +233,8 @@ def check_params(settings: Settings, params: JobParams) -> JobParams:
     """``params`` with what it names checked and recorded: the checkpoint (the default's name when
     left out) and each control's ControlNet. ModelRefused (422) names the choices or the reason.
     A style job ignores the diffusion-only fields."""
+    if params.face_restore is not None:
+        resolve_faces(settings)
     if params.engine != "diffusion":
         if params.model or params.control or params.loras or params.clip_skip:
             return params.model_copy(update={"model": None, "control": [], "loras": [], "clip_skip": 0})

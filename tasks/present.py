@@ -67,6 +67,8 @@ class Stage(View):
     attempts: int
     queue: str | None = Field(description="the Celery queue it ran on")
     worker: str | None = Field(description="the worker that ran it")
+    dtype: str | None = Field(None, description="the precision a diffusion stage ran at (fp32, fp16, bf16): "
+                                                "its queue's (PIXELMILL_QUEUE_DTYPES)")
 
 
 class Stages(View):
@@ -81,16 +83,57 @@ class AuditPolicyOut(View):
     action: str
 
 
+class Quality(View):
+    """The quality policy's judgement (safety.quality_policy): the score it judged against its threshold."""
+
+    metric: Literal["clipscore", "sharpness"]
+    threshold: float
+    action: Literal["flag", "fail", "regenerate"]
+    max_retries: int
+    score: float | None = Field(description="the judged score (of the attempt kept); null: the job has none")
+    outcome: Literal["pass", "flag", "fail", "regenerate", "unscored"]
+    reason: str | None
+    attempt: int = Field(description="the attempt judged last (1: the first generation)")
+    kept: int | None = Field(description="the attempt served, when the policy regenerated")
+
+
 class Audit(View):
-    """The output audit: NSFW classifier and quality checks under the tenant's policy."""
+    """The output audit: NSFW classifier, quality checks and scores under the tenant's policies."""
 
     verdict: Literal["pass", "flag", "block"]
     action: str | None
-    scores: dict[str, float]
+    scores: dict[str, float] = Field(description="nsfw (0-1); sharpness (variance of the Laplacian); phash_distance "
+                                                 "(0-64, to the input); clipscore (0-100, to the prompt: diffusion "
+                                                 "jobs with a prompt, when a CLIP model is configured)")
     model: str
     policy: AuditPolicyOut
     checks: dict[str, float | bool]
     reasons: list[str]
+    quality: Quality | None = Field(None, description="the tenant's quality policy's judgement; absent without one")
+
+
+class Attempt(View):
+    """One generation of a job that its quality policy regenerated."""
+
+    attempt: int
+    seed: int | None
+    scores: dict[str, float]
+    outcome: str = Field(description="what the quality policy made of it: regenerate, pass, flag, …")
+    kept: bool = Field(False, description="the attempt served")
+    result: str = Field(description="its result image (a blob reference)")
+    device_seconds: dict[str, float] | None = Field(None, description="what its stages used, by queue (the "
+                                                                      "kept attempt's are the job's stages)")
+
+
+class Faces(View):
+    """What face restoration did in enhance (the job asked for face_restore)."""
+
+    found: int = Field(description="faces the detector found in the result")
+    restored: int = Field(description="faces restored and pasted back (the largest 20; none under 16 px, and none "
+                                      "with weight 0)")
+    weight: float = Field(description="face_restore: the restored face's weight over the original")
+    restorer: str = Field(description="the restorer (a face/ model of the library)")
+    detector: str = Field(description="the detector (a face/ model of the library)")
 
 
 class JobError(View):
@@ -136,6 +179,9 @@ class Job(View):
     expires_at: Timestamp | None = Field(description="when it is canceled if still unfinished")
     stages: Stages
     audit: Audit | None
+    faces: Faces | None = Field(None, description="face restoration, once enhance ran it (face_restore)")
+    attempts: list[Attempt] | None = Field(None, description="every generation, when the quality policy "
+                                                             "regenerated the job (seed, scores, which was kept)")
     error: JobError | None = Field(description="why it failed (or was canceled)")
     cost: Cost
     links: JobLinks
@@ -177,7 +223,8 @@ def job_view(job: JobRecord, *, progress: dict[str, Any] | None = None, base_url
         params=job.params, input_name=job.input_name, source=job.source, created_at=job.created_at,
         updated_at=job.updated_at,
         finished_at=job.finished_at, expires_at=job.expires_at,
-        stages={name: _stage_view(job, name) for name in STAGES}, audit=job.audit, error=job.error,
+        stages={name: _stage_view(job, name) for name in STAGES}, audit=job.audit, faces=job.faces, error=job.error,
+        attempts=[_attempt_view(a) for a in job.attempts] or None,
         cost=Cost(**job_cost(job, _prices(prices)).to_dict()),  # tasks.cost: device-seconds priced per queue
         links=links, **extra)
 
@@ -185,6 +232,10 @@ def job_view(job: JobRecord, *, progress: dict[str, Any] | None = None, base_url
 def job_payload(job: JobRecord, **options: Any) -> dict[str, Any]:
     """``job_view`` as JSON-ready data: for the pages, the event streams and webhook payloads."""
     return job_view(job, **options).model_dump(mode="json")
+
+
+def _attempt_view(attempt: dict[str, Any]) -> Attempt:
+    return Attempt(**{name: attempt[name] for name in Attempt.model_fields if name in attempt})
 
 
 def current_stage(job: JobRecord) -> str | None:
@@ -208,7 +259,8 @@ def _stage_view(job: JobRecord, name: str) -> Stage:
         state = "pending"
     return Stage(state=state, cached=record.cached, cache=record.cache,
                  cache_label=cache_label(record.cached, record.cache), seconds=record.seconds,
-                 device_s=record.device_s, attempts=record.attempts, queue=record.queue, worker=record.worker)
+                 device_s=record.device_s, attempts=record.attempts, queue=record.queue, worker=record.worker,
+                 dtype=record.dtype)
 
 
 def cache_label(cached: bool, cache: dict[str, Any] | None) -> str | None:

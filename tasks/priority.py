@@ -7,7 +7,9 @@ separate queues; RabbitMQ gets the same queues.
 Starvation guard: jobs are promoted by age. On the reaper's pass, a message whose job is older than
 `priority_promote_after_s` (T) moves from low to normal, and one older than 2T from normal to
 high, to the consuming end of its new queue (it waited longer than everything there): under a
-steady stream of high jobs a low or normal one still runs once it is 2T old.
+steady stream of high jobs a low or normal one still runs once it is 2T old. A message older than
+2T climbs both levels in one pass, so each later stage of an old job (its chain sends it to its own
+level again) waits at most one reaper pass (`reaper_interval_s`).
 """
 
 from __future__ import annotations
@@ -92,14 +94,15 @@ def promote_aged(client: redis.Redis, *, older_than_s: float, now: float | None 
     now = now if now is not None else time.time()
     script = client.register_script(_PROMOTE)
     moved: dict[str, int] = {}
+    steps = (("normal", "high", 2 * older_than_s), ("low", "normal", older_than_s),
+             ("normal", "high", 2 * older_than_s))  # again: what just left low older than 2T goes on to high
     for base in PRIORITISED:  # a job older than T leaves low, one older than 2T leaves normal
-        for lower, upper, age in (("normal", "high", 2 * older_than_s), ("low", "normal", older_than_s)):
+        for lower, upper, age in steps:
             source, target = queue_for(base, lower), queue_for(base, upper)
             count = int(script(keys=[source, target], args=[now - age, JOB_CREATED_HEADER]))
             if count:
-                moved[source] = count
-                log.info("priority: %d job(s) waited over %.0f s in %s; moved up to %s", count, older_than_s,
-                         source, target)
+                moved[source] = moved.get(source, 0) + count
+                log.info("priority: %d job(s) older than %.0f s in %s; moved up to %s", count, age, source, target)
     return moved
 
 

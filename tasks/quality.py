@@ -1,9 +1,14 @@
 """Quality levels: a job asks for `draft`, `standard` or `best` and gets that level's defaults
 (steps, size) and the class of worker that serves it — a queue whose workers run at the
-precision the level wants (a worker declares its dtype with PIXELMILL_DTYPE; e.g. fp16 workers on
-`gpu`, fp32 workers on `gpu-exact`). Parameters the caller sent win over the level's defaults.
+precision the level wants. Parameters the caller sent win over the level's defaults.
 The level's queue serves the diffusion stages (encode, generate); enhance and audit go where the
 routing policy sends them.
+
+Precision per queue: a worker declares its dtype per queue (``queue_dtypes``, e.g. fp16 on
+`gpu.high` and `gpu`, fp32 on `gpu.low` or on a queue `gpu-exact`; PIXELMILL_DTYPE for the rest),
+and runs each diffusion stage at the dtype of the queue its message came from — one worker that
+serves several queues holds one resident copy of the model per dtype it uses. Batch keys, latent,
+prompt and result cache keys carry the dtype, and each stage records the one it ran at.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tasks.jobs import JobParams
+from tasks.priority import base_of
 
 DIFFUSION_STAGES = ("encode", "generate")
 DEFAULTS = ("steps", "size", "strength")  # what a level may fill in
@@ -37,3 +43,11 @@ def quality_queue(params: Mapping[str, Any], stage: str, levels: Mapping[str, Ma
 
 def level_queues(levels: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return sorted({level["queue"] for level in levels.values() if level.get("queue")})
+
+
+def queue_dtype(queue: str | None, *, queue_dtypes: Mapping[str, str], default: str) -> str:
+    """The dtype a diffusion stage taken from ``queue`` runs at: the queue's own entry, else its
+    base's (`gpu` for `gpu.low`), else ``default`` (PIXELMILL_DTYPE, or the autotune plan's)."""
+    if queue is None:
+        return default
+    return queue_dtypes.get(queue) or queue_dtypes.get(base_of(queue)) or default

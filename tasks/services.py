@@ -14,6 +14,7 @@ from cache.backend import Backend, build_client
 from cache.latents import LatentStore
 from cache.service import CacheConfig, LatentCache
 from safety.policy import Action, AuditPolicy
+from safety.quality_policy import QualityAction, QualityPolicy
 from tasks.blobs import BlobStore
 from tasks.settings import Settings, get_settings
 from tasks.store import JobStore
@@ -86,6 +87,14 @@ class Services:
     def audit_policy(self, tenant: str) -> AuditPolicy:
         default = AuditPolicy(threshold=self.settings.audit_threshold, action=Action(self.settings.audit_action))
         return self.tenants.policy(tenant, default=default)
+
+    def quality_policy(self, tenant: str) -> QualityPolicy | None:
+        """The tenant's quality policy, else the default of the quality_* settings (None: no policy)."""
+        s = self.settings
+        default = QualityPolicy(metric=s.quality_metric, threshold=s.quality_threshold,
+                                action=QualityAction(s.quality_action),
+                                max_retries=s.quality_max_retries) if s.quality_metric else None
+        return self.tenants.quality_policy(tenant, default=default)
 
 
 @lru_cache(maxsize=1)

@@ -47,8 +47,30 @@ class Settings(BaseSettings):
                                                                           'whose name contains the type')
     depth_model: str | None = Field(None, description="the depth estimator (a name in depth/) that makes depth "
                                                       "control maps; unset: the library's first one")
+    clip_model: str = Field("", description="the CLIP model (a name in clip/) that scores diffusion results against "
+                                            "their prompt (CLIPScore, in audit); empty: not configured, and a "
+                                            "quality policy on clipscore is refused at submit")
+    face_restorer: str = Field("", description="the face restorer (a GFPGAN-class .onnx in face/) that jobs with "
+                                              "face_restore run in enhance; empty: not configured, and face_restore "
+                                              "is refused at submit (README: face restoration)")
+    face_detector: str = Field("", description="the face detector (a YuNet .onnx in face/, e.g. "
+                                              "face_detection_yunet_2023mar) that finds the faces to restore; "
+                                              "empty: not configured, and face_restore is refused at submit")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N | mps")
     dtype: str = Field("auto", description="auto (fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16")
+    queue_dtypes: dict[str, str] = Field(
+        default_factory=dict,
+        description='the dtype of diffusion jobs per queue they come from, e.g. {"gpu.high": "fp16", "gpu.low": '
+                    '"fp32"}: a base (`gpu`) stands for its levels unless one is named; other queues use dtype')
+
+    @field_validator("queue_dtypes")
+    @classmethod
+    def _known_dtypes(cls, queue_dtypes: dict[str, str]) -> dict[str, str]:
+        known = ("auto", "fp32", "fp16", "bf16")
+        for queue, dtype in queue_dtypes.items():
+            if dtype.strip().lower() not in known:
+                raise ValueError(f"queue_dtypes[{queue!r}] = {dtype!r}: use one of {', '.join(known)}")
+        return {queue: dtype.strip().lower() for queue, dtype in queue_dtypes.items()}
     preload_models: bool = Field(False, description="load (and warm up) the diffusion model when a worker "
                                                     "process starts, before it takes work")
     torch_threads: int | None = Field(None, ge=1, le=256, description="torch intra-op threads per worker "
@@ -112,15 +134,16 @@ class Settings(BaseSettings):
     stage_lease_s: int = Field(30, ge=10, description="a running stage whose worker has not renewed its lease this "
                                                       "long is enqueued again (the worker is gone); renewed every 5 s")
     reaper_interval_s: int = Field(10, gt=0, description="seconds between reaper passes")
-    priority_promote_after_s: int = Field(300, ge=10, description="a job waiting this long in a low (then "
-                                                                  "normal) queue moves up one level: no starvation")
+    priority_promote_after_s: int = Field(180, ge=10, description="a job older than this leaves a low queue for "
+                                                                  "normal, one older than twice this leaves normal "
+                                                                  "for high (reaper): no starvation")
     quality_levels: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"draft": {"steps": 10, "size": 384, "queue": "gpu"},
                                  "standard": {"steps": 20, "size": 512, "queue": "gpu"},
                                  "best": {"steps": 40, "size": 768, "queue": "gpu"}},
         description="quality=draft|standard|best: defaults for steps, size (and strength) and the queue whose "
-                    "workers serve its diffusion stages (give that queue's workers the precision you want with "
-                    "PIXELMILL_DTYPE, e.g. best on fp32 workers of a queue `gpu-exact`)")
+                    "workers serve its diffusion stages (give that queue the precision you want with "
+                    "PIXELMILL_QUEUE_DTYPES, e.g. best on a queue `gpu-exact` at fp32)")
     sla_target_s: dict[str, float] = Field(default_factory=lambda: {"high": 60.0, "normal": 600.0, "low": 3600.0},
                                            description="per priority: the longest a job may take from submit to "
                                                        "its end; a slower one counts as a breach (dashboard, "
@@ -208,6 +231,14 @@ class Settings(BaseSettings):
     # --- output audit ---------------------------------------------------------------------------
     audit_threshold: float = Field(0.8, ge=0.0, le=1.0, description="NSFW score at which the policy acts")
     audit_action: str = Field("block", pattern="^(block|flag|blur)$", description="block | flag | blur")
+    quality_metric: Literal["", "clipscore", "sharpness"] = Field(
+        "", description="the quality policy of tenants without their own (`pixelmill policy --quality-metric`): "
+                        "the score it judges; empty: no policy (scores are recorded, nothing acts on them)")
+    quality_threshold: float = Field(0.0, ge=0.0, description="the default quality policy: below this score it acts")
+    quality_action: Literal["flag", "fail", "regenerate"] = Field("flag", description="the default quality policy: "
+                                                                                      "flag | fail | regenerate")
+    quality_max_retries: int = Field(2, ge=0, le=10, description="the default quality policy: regenerations at "
+                                                                 "most (action regenerate)")
 
     # --- webhooks -------------------------------------------------------------------------------
     public_url: str = Field("http://127.0.0.1:8000", description="base of the links webhook payloads carry")

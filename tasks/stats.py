@@ -20,7 +20,8 @@ from celery import Celery
 from cache.scopes import scope_for
 from tasks.cost import per_image, stage_cost_usd
 from tasks.heartbeat import WorkerInfo, fetch_restarts, fetch_workers
-from tasks.metrics import WINDOW_MINUTES, Aggregate, Histogram, fetch_active, fetch_minutes, fetch_totals, window
+from tasks.metrics import (SCORE_BUCKETS, WINDOW_MINUTES, Aggregate, Histogram, fetch_active, fetch_minutes,
+                           fetch_totals, window)
 from tasks.queues import fetch_queue_depths
 from tasks.services import Services
 from tasks.priority import LEVELS, all_queues, base_of, consume_order
@@ -74,6 +75,7 @@ def fetch_stats(rt: Services, *, celery: Celery, now: float | None = None, tenan
         "stages": {stage: _stage(stage, hour=hour, totals=totals) for stage in STAGES},
         "sla": {level: _sla(level, hour=hour, totals=totals, target_s=rt.settings.sla_target_s.get(level))
                 for level in LEVELS},
+        "quality": {metric: _score(metric, hour=hour, totals=totals) for metric in SCORE_BUCKETS},
         "jobs": {"active": active, "finished_last_hour": hour.jobs, "finished_total": totals.jobs,
                  "created_total": totals.created},
         "cache": _cache(rt, tenant=tenant),
@@ -108,6 +110,15 @@ def _stage(stage: str, *, hour: Aggregate, totals: Aggregate) -> dict[str, Any]:
                      for (name, q), h in sorted(hour.latency.items()) if name == stage and h.count},
         "all_time": {"completed": ever.count, **_percentiles(ever)},
     }
+
+
+def _score(metric: str, *, hour: Aggregate, totals: Aggregate) -> dict[str, Any]:
+    """A quality score of ended jobs (clipscore, sharpness): median and mean over the last hour and
+    since the counters started (medians interpolated inside the histogram's buckets)."""
+    recent, ever = hour.score_histogram(metric), totals.score_histogram(metric)
+    return {"jobs_last_hour": recent.count, "median_last_hour": _round(recent.quantile(0.5)),
+            "mean_last_hour": _round(recent.sum / recent.count if recent.count else None),
+            "jobs_total": ever.count, "median_all_time": _round(ever.quantile(0.5))}
 
 
 def _sla(level: str, *, hour: Aggregate, totals: Aggregate, target_s: float | None) -> dict[str, Any]:

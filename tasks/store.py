@@ -16,8 +16,10 @@ import redis
 from tasks.blobs import keep_blobs
 from tasks.errors import InvalidTransition, JobNotFound
 from tasks.events import JobEvent, job_events, stage_events
-from tasks.jobs import STAGE_STATUS, Batch, Job, JobStatus, can_move
+from tasks.cost import UNKNOWN_QUEUE
+from tasks.jobs import STAGE_STATUS, Batch, Job, JobStatus, StageRecord, can_move
 from tasks.metrics import count_created, count_transition
+from tasks.settings import STAGES
 from tasks.transition import Transition, Writes
 from tasks.webhooks.store import listener_keys
 from tasks import live
@@ -118,12 +120,17 @@ class JobStore:
     def finish_stage(self, job_id: str, stage: str, *, outputs: dict[str, str], cached: bool = False,
                      cache: dict[str, Any] | None = None, end: JobStatus | None = None,
                      audit: dict[str, Any] | None = None, device_s: float | None = None,
+                     dtype: str | None = None, error: dict[str, str] | None = None,
+                     attempts: list[dict[str, Any]] | None = None, params: dict[str, Any] | None = None,
+                     faces: dict[str, Any] | None = None,
                      also: Callable[[Writes], None] | None = None) -> Job:
         """Mark a stage done and record its outputs: the done marker a re-run checks first.
 
         The last stage passes ``end`` (succeeded or blocked) so that its done marker and the
-        job's terminal state are written in the same transaction. ``also`` adds writes to it
-        (the stage's metrics).
+        job's terminal state are written in the same transaction (failed, with ``error``, when a
+        quality policy fails it; ``attempts``, when given, are the job's generations, all told, and
+        ``params`` what changes with the one kept: its seed).
+        ``also`` adds writes to it (the stage's metrics).
         """
 
         def change(job: Job) -> None:
@@ -131,18 +138,56 @@ class JobStore:
                 _move(job, end)
                 job.finished_at = time.time()
                 job.audit = audit
+                job.error = error
+                if attempts is not None:
+                    job.attempts = attempts
+                job.params.update(params or {})
             elif job.status.is_terminal():
                 raise InvalidTransition(f"job {job.id} is already {job.status.value}")
             record = job.stages[stage]
             record.finished_at = time.time()
             record.seconds = round(record.finished_at - (record.started_at or record.finished_at), 4)
             record.done, record.cached, record.cache = True, cached, cache
-            record.device_s = device_s
+            record.device_s, record.dtype = device_s, dtype
             job.outputs.update(outputs)
+            if faces is not None:  # enhance's face restoration (Job.faces)
+                job.faces = faces
 
         def writes(w: Writes) -> None:
             w.delete(store_key("progress", job_id), store_key("lease", job_id, stage))
             keep_blobs(w, outputs.values(), until=time.time() + self.ttl_s)  # its record outlives no output
+            if also is not None:
+                also(w)
+
+        return self._update(job_id, change, also=writes)
+
+    def restart_at(self, job_id: str, stage: str, *, ending: str, attempt: dict[str, Any],
+                   params: dict[str, Any] | None = None, device_s: float | None = None,
+                   also: Callable[[Writes], None] | None = None) -> Job:
+        """Run a job again from ``stage`` (a quality regeneration: audit sends it back to generate).
+        The stage ``ending`` (running now) and those from ``stage`` on start afresh — no done markers,
+        no attempts, so the chain's stages run again and the reaper watches them as any other —
+        ``attempt`` (what this run made, with the device seconds its stages used, which the job's
+        cost keeps) joins ``job.attempts``, and ``params`` (the new seed) is merged in."""
+        reset = STAGES[STAGES.index(stage):]
+
+        def change(job: Job) -> None:
+            if job.status.is_terminal():
+                raise InvalidTransition(f"job {job.id} is already {job.status.value}")
+            _move(job, STAGE_STATUS[stage])
+            used: dict[str, float] = {}
+            for name in reset:
+                record = job.stages[name]
+                seconds = device_s if name == ending else record.device_s
+                if seconds:
+                    queue = record.queue or UNKNOWN_QUEUE
+                    used[queue] = round(used.get(queue, 0.0) + seconds, 4)
+                job.stages[name] = StageRecord()
+            job.attempts.append({**attempt, "device_seconds": used})
+            job.params.update(params or {})
+
+        def writes(w: Writes) -> None:
+            w.delete(store_key("progress", job_id), store_key("lease", job_id, ending))
             if also is not None:
                 also(w)
 
@@ -252,7 +297,16 @@ class JobStore:
             record = _dumps(job)
             return record, writes
 
-        outcome = self._transition.compare_and_set(store_key("job", job_id), make, base=self._known.pop(job_id, None))
+        known = self._known.pop(job_id, None)
+        try:
+            outcome = self._transition.compare_and_set(store_key("job", job_id), make, base=known)
+        except Exception:
+            if known is None:
+                raise
+            # The change refused the record this process last wrote, which another process may have
+            # changed since (a quality regeneration sends a job back to generate): decide on the
+            # current record.
+            outcome = self._transition.compare_and_set(store_key("job", job_id), make)
         if outcome is None:
             raise JobNotFound(f"no job with id {job_id!r}")
         if outcome.errors:

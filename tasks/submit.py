@@ -21,6 +21,7 @@ from tasks.models import check_params
 from tasks.pipeline import enqueue
 from tasks.priority import level_allowed
 from tasks.quality import apply_quality
+from tasks.scoring import check_quality
 from tasks.services import Services
 from tasks.webhooks.models import Subscription
 
@@ -106,6 +107,7 @@ def submit_job(rt: Services, *, tenant: str, upload: Upload | RemoteInput, param
                deadline_s: float | None = None, webhook: Subscription | None = None) -> Job:
     params = check_params(rt.settings, apply_quality(params, rt.settings.quality_levels))  # 422 if unusable
     check_priority(rt, tenant=tenant, priority=params.priority)
+    check_quality(rt, tenant=tenant, params=params)  # 422 if its policy needs CLIP and there is none
     enforce_limits(rt, tenant=tenant, jobs=1)
     job = _prepare(rt, tenant=tenant, upload=upload, params=with_seed(params), deadline_s=deadline_s)
     if webhook is not None:  # before the job exists, so its first event already finds it
@@ -120,6 +122,7 @@ def submit_batch(rt: Services, *, tenant: str, uploads: list[Upload | RemoteInpu
     """N jobs under one batch id. Every upload is validated before any job is written."""
     params = check_params(rt.settings, apply_quality(params, rt.settings.quality_levels))  # 422 if unusable
     check_priority(rt, tenant=tenant, priority=params.priority)
+    check_quality(rt, tenant=tenant, params=params)  # 422 if its policy needs CLIP and there is none
     enforce_limits(rt, tenant=tenant, jobs=len(uploads))
     batch_id = new_id()
     jobs = [

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import redis
 
 from safety.policy import Action, AuditPolicy
+from safety.quality_policy import QualityPolicy
 from tasks.errors import PixelmillError
 from tasks.store import store_key
 
@@ -156,6 +157,23 @@ class TenantStore:
     def save_policy(self, tenant: str, policy: AuditPolicy) -> None:
         self.redis.set(store_key("tenant", tenant, "policy"),
                        json.dumps({"threshold": policy.threshold, "action": policy.action.value}))
+
+    # --- quality policy (safety.quality_policy) -----------------------------------------------
+    def quality_policy(self, tenant: str, *, default: QualityPolicy | None) -> QualityPolicy | None:
+        """The tenant's quality policy; ``default`` when it has none, None when it was turned off."""
+        raw = self.redis.get(store_key("tenant", tenant, "quality_policy"))
+        if raw is None:
+            return default
+        data = json.loads(raw)
+        return QualityPolicy.from_dict(data) if data else None
+
+    def save_quality_policy(self, tenant: str, policy: QualityPolicy | None) -> None:
+        """Set the tenant's quality policy; None turns it off (whatever the default)."""
+        self.redis.set(store_key("tenant", tenant, "quality_policy"), json.dumps(policy.to_dict() if policy else {}))
+
+    def clear_quality_policy(self, tenant: str) -> None:
+        """Back to the default (the quality_* settings)."""
+        self.redis.delete(store_key("tenant", tenant, "quality_policy"))
 
     def max_priority(self, tenant: str, *, default: str) -> str:
         """The highest priority the admin lets this tenant ask for (tasks.priority.LEVELS)."""

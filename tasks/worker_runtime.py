@@ -16,7 +16,8 @@ from safety.nsfw import get_classifier
 from tasks.batching import GenerateBatcher
 from tasks.engine_backend import cpu_backend_options
 from tasks.jobs import JobParams
-from tasks.models import resolve_depth, resolve_model
+from tasks.models import resolve_clip, resolve_depth, resolve_model
+from tasks.quality import queue_dtype
 from tasks.services import Services
 from tasks.settings import get_settings
 from workers import residency
@@ -45,9 +46,14 @@ class WorkerRuntime(Services):
                      self.plan["key"], self.plan["dtype"], self.plan["max_batch"],
                      ", ".join(self.plan["applied"]) or "nothing", ", ".join(self.plan["overridden"]) or "nothing")
 
-    def diffusion(self, model: str | None = None) -> residency.LoadedDiffusion:
-        """The engine of ``model`` (a library name; None: the default model), loaded once and kept
-        among the PIXELMILL_GPU_MODEL_SLOTS most recently used."""
+    def dtype_for(self, queue: str | None) -> str:
+        """The dtype of a diffusion stage whose message came from ``queue`` (PIXELMILL_QUEUE_DTYPES,
+        else PIXELMILL_DTYPE or the autotune plan's)."""
+        return queue_dtype(queue, queue_dtypes=self.settings.queue_dtypes, default=self.settings.dtype)
+
+    def diffusion(self, model: str | None = None, *, dtype: str | None = None) -> residency.LoadedDiffusion:
+        """The engine of ``model`` (a library name; None: the default model) at ``dtype`` (None: the
+        worker's dtype), loaded once and kept among the PIXELMILL_GPU_MODEL_SLOTS most recently used."""
         s = self.settings
         choice = resolve_model(s, model)
         in_library = choice.entry is not None and choice.name == choice.entry.name
@@ -55,7 +61,7 @@ class WorkerRuntime(Services):
             model=choice.source,
             revision=None if in_library else s.diffusion_revision,
             device=s.device,
-            dtype=s.dtype,
+            dtype=dtype or s.dtype,
             options=self.engine_options(),
             name=choice.name if in_library else None,
             fingerprint=choice.revision if in_library else None,
@@ -75,6 +81,17 @@ class WorkerRuntime(Services):
         entry = resolve_depth(self.settings)
         return residency.depth_estimator(path=str(entry.path), fingerprint=entry.fingerprint, device=self.settings.device)
 
+    def clip_scorer(self):
+        """The CLIP model that scores results against their prompt (PIXELMILL_CLIP_MODEL), loaded once;
+        None when none is configured."""
+        if not self.settings.clip_model:
+            return None
+        from workers.clip_score import load_scorer
+
+        entry = resolve_clip(self.settings)
+        return load_scorer(path=str(entry.path), fingerprint=entry.fingerprint,
+                           device=residency.pick_device(self.settings.device))
+
     def loaded_diffusion(self) -> residency.LoadedDiffusion | None:
         """The diffusion model this process used last, if it holds one (never loads)."""
         return residency.latest()
@@ -84,21 +101,27 @@ class WorkerRuntime(Services):
         pool on the gpu queue with gpu_max_batch > 1); None runs each generate alone."""
         return self._batcher
 
-    def warm_up(self, *, batching: bool = False) -> None:
-        """Before the process takes work: the classifier, the diffusion model (when preloading),
-        one small generation through it, and the batcher when this process batches."""
+    def warm_up(self, *, batching: bool = False, queues: list[str] | None = None) -> None:
+        """Before the process takes work: the classifier, the diffusion model (when preloading) at
+        each dtype the ``queues`` it consumes ask for, one small generation through each, and the
+        batcher when this process batches."""
         get_classifier()  # every worker may audit: load the classifier before taking work
         report = check_memory_policy(self.cache_backend, shared_with_broker=self.settings.cache_redis() == self.settings.broker())
         for problem in report.problems:
             log.warning("latent cache: %s", problem)
         if self.settings.preload_models and self.settings.diffusion_model:
-            loaded = self.diffusion()
-            # torch.compile specialises on shapes: warm a compiled UNet up at the working size (the
-            # default, square), so the first real request does not pay for the compile.
-            size = JobParams.model_fields["size"].default if self.settings.torch_compile else 64
-            loaded.engine.warm_up(size=size)
-            log.info("diffusion model %s resident on %s (%s), warmed up", loaded.engine.model, loaded.device,
-                     loaded.dtype_name)
+            warmed: list[residency.LoadedDiffusion] = []
+            for dtype in dict.fromkeys(self.dtype_for(queue) for queue in (queues or [None])):
+                loaded = self.diffusion(dtype=dtype)
+                if any(loaded is done for done in warmed):  # "auto" and the dtype it means: one copy
+                    continue
+                warmed.append(loaded)
+                # torch.compile specialises on shapes: warm a compiled UNet up at the working size (the
+                # default, square), so the first real request does not pay for the compile.
+                size = JobParams.model_fields["size"].default if self.settings.torch_compile else 64
+                loaded.engine.warm_up(size=size)
+                log.info("diffusion model %s resident on %s (%s), warmed up", loaded.engine.model, loaded.device,
+                         loaded.dtype_name)
         if batching and self.settings.gpu_max_batch > 1 and self._batcher is None:
             from tasks.generation import prompt_lookup  # it imports the stages' helpers, which import this module
 

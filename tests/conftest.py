@@ -36,6 +36,12 @@ def pytest_configure(config: pytest.Config) -> None:
     # checkpoint, given as a path inside the library (so jobs record it as "tiny").
     os.environ["PIXELMILL_MODELS_DIR"] = str(SESSION_DIR / "models")
     os.environ["PIXELMILL_DIFFUSION_MODEL"] = str(SESSION_DIR / "models" / "tiny")
+    # Face restoration with the tiny library's restorer and its YuNet-compatible detector, which finds
+    # the red squares workers.tiny_faces.draw_tiny_face draws.
+    os.environ["PIXELMILL_FACE_RESTORER"] = "tiny-restorer"
+    os.environ["PIXELMILL_FACE_DETECTOR"] = "tiny-yunet"
+    # CLIPScore in audit with the tiny library's CLIP (workers.tiny_model.build_tiny_clip).
+    os.environ["PIXELMILL_CLIP_MODEL"] = "tiny-clip"
     os.environ["PIXELMILL_GPU_MAX_BATCH"] = str(GPU_MAX_BATCH)
     # Several worker processes and the test process share a small CPU: one torch thread each
     # (two OpenMP threads per process on an oversubscribed machine ran the tiny model ~5× slower).

@@ -103,7 +103,8 @@ SUBMIT_ERRORS = {
          "refused by the outbound guard (input_url_refused) or whose host does not resolve (input_unreachable), "
          "a webhook_url refused, an Idempotency-Key already used for a different request, or a model, LoRA "
          "or ControlNet the library does not have or cannot use for this model (the message lists the "
-         "choices or says why)",
+         "choices or says why), or face_restore while the server has no face restorer or detector "
+         "(face_restore_unavailable: the message names PIXELMILL_FACE_RESTORER or PIXELMILL_FACE_DETECTOR)",
     429: "over the per-minute submission limit or the cap on unfinished jobs (see Retry-After)",
 }
 IDEMPOTENCY_KEY = Param("Idempotency-Key", "header", {"type": "string", "maxLength": MAX_KEY_LENGTH},

@@ -45,7 +45,7 @@ def figures_tenant() -> str | None:
 def show():
     stats = fetch_stats(pixelmill.services, celery=celery_app, tenant=figures_tenant())
     return render_template("dashboard.html", stats=stats, charts=stage_charts(stats), refresh_s=REFRESH_S,
-                           usd=usd, human_bytes=human_bytes, seconds=seconds, ratio=ratio,
+                           usd=usd, human_bytes=human_bytes, seconds=seconds, ratio=ratio, score=score,
                            updated=time.strftime("%H:%M:%S", time.localtime(stats["generated_at"])))
 
 
@@ -66,6 +66,8 @@ class Stats(View):
     sla: dict[str, Any] = Field(description="per priority: queue wait and total latency p50/p95/p99 of the last "
                                             "hour's succeeded jobs, the target and the breaches")
     jobs: dict[str, Any]
+    quality: dict[str, Any] = Field(description="per score (clipscore, sharpness): median and mean of the last "
+                                                "hour's ended jobs, and the all-time median")
     cost: dict[str, Any]
     cache: dict[str, Any] | None
     workers: list[Any]
@@ -131,6 +133,11 @@ def human_bytes(n: int | None) -> str:
 
 def seconds(value: float | None) -> str:
     return "—" if value is None else format_seconds(value)
+
+
+def score(value: float | None) -> str:
+    """A quality score (a median of a histogram: interpolated, so a few significant digits)."""
+    return "—" if value is None else f"{value:.3g}" if value < 100 else f"{value:,.0f}"
 
 
 def ratio(value: float | None) -> str:

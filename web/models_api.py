@@ -24,13 +24,15 @@ class Model(View):
     name: str = Field(description="what a job names: params.model, loras[].name or control[].model")
     kind: Literal["checkpoint", "lora", "controlnet", "depth", "clip", "face"]
     format: str = Field(description="diffusers (a folder), single_file (an A1111/ComfyUI .safetensors), lora, "
-                                    "transformers, reserved; hub: the default model is a hub id")
+                                    "transformers, onnx (face models), reserved; hub: the default model is a hub id")
     base: str | None = Field(description="the architecture it belongs to, by cross-attention width: sd1 (768), sd2 "
                                          "(1024), sdxl (2048), ca<N> otherwise; LoRAs and ControlNets must match "
                                          "their checkpoint's")
     size_bytes: int
     control_type: str | None = Field(description="ControlNets: the control type it serves (from its name)")
     text_encoder: bool | None = Field(description="LoRAs: whether it also adapts the text encoder")
+    role: str | None = Field(None, description="face models: restorer (GFPGAN-class, PIXELMILL_FACE_RESTORER) or "
+                                              "detector (YuNet, PIXELMILL_FACE_DETECTOR)")
     usable: bool
     problem: str | None = Field(description="why it cannot be used (only pickle weights, no config …)")
     default: bool = Field(False, description="the model a job without `model` runs on")

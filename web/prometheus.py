@@ -51,6 +51,7 @@ class PixelmillCollector(Collector):
         yield from self._jobs(totals, active)
         yield from self._stages(totals)
         yield from self._service_levels(totals)
+        yield from self._quality(totals)
         yield from self._cost(totals)
         yield from self._queues(workers)
         yield from self._workers(workers)
@@ -105,6 +106,18 @@ class PixelmillCollector(Collector):
                 target.add_metric([level], self.rt.settings.sla_target_s[level])
         yield breaches
         yield target
+
+    def _quality(self, totals: Aggregate) -> Iterator[Metric]:
+        described = {"clipscore": ("pixelmill_clipscore", "CLIPScore (0-100, the result against its prompt) of "
+                                   "ended diffusion jobs, when a CLIP model is configured (PIXELMILL_CLIP_MODEL)."),
+                     "sharpness": ("pixelmill_sharpness", "Sharpness (variance of the Laplacian) of every ended "
+                                   "job's result.")}
+        for metric, (name, documentation) in described.items():
+            family = HistogramMetricFamily(name, documentation)
+            hist = totals.score_histogram(metric)
+            family.add_metric([], [(floatToGoString(bound), float(n)) for bound, n in hist.cumulative()],
+                              sum_value=hist.sum)
+            yield family
 
     def _cost(self, totals: Aggregate) -> Iterator[Metric]:
         prices = self.rt.settings.price_per_hour

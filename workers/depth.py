@@ -8,7 +8,6 @@ Depth-Anything-V2-Small is Apache-2.0; its Base and Large siblings are non-comme
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.errors import EngineError, ModelLoadError
+from workers.library import read_json
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,7 +40,7 @@ class DepthEstimator:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelLoadError(f"could not load the depth model at {folder}: {reason}. Put a Depth Anything "
                                  "folder (config.json + model.safetensors) under depth/ in the model library") from e
-        pre = _read_json(folder / "preprocessor_config.json")
+        pre = read_json(folder / "preprocessor_config.json") or {}
         size = pre.get("size", {})
         side = int(size.get("height") or size.get("shortest_edge") or 518) if isinstance(size, dict) else int(size)
         patch = int(getattr(getattr(model.config, "backbone_config", None), "patch_size", 14) or 14)
@@ -74,11 +74,3 @@ class DepthEstimator:
         low, high = float(depth.min()), float(depth.max())
         scaled = (depth - low) / (high - low) if high > low else torch.zeros_like(depth)
         return (scaled * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -11,7 +11,9 @@ it at submit from config files and safetensors headers, and never loads a weight
       loras/<name>.safetensors       a LoRA (diffusers, PEFT or kohya names); also Lora/
       controlnets/<name>/            a diffusers ControlNet folder; also controlnet/, ControlNet/
       depth/<name>/                  a transformers depth-estimation folder (Depth Anything)
-      clip/, face/                   reserved for the next models (listed, not used yet)
+      clip/<name>/                   a transformers CLIPModel folder with its tokenizer (CLIPScore)
+      face/<name>.onnx               face models, ONNX: GFPGAN-class restorers and the YuNet detector, told
+                                     apart by their outputs (workers/onnx_header.py)
 
 Weights are read from .safetensors only: a folder or file that holds only pickle weights (.bin,
 .ckpt, .pt) is listed with the reason it cannot be used, and refused at submit.
@@ -26,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workers.onnx_header import OnnxError, read_signature
 from workers.safetensors_header import Header, HeaderError, read_header
 
 KINDS = ("checkpoint", "lora", "controlnet", "depth", "clip", "face")
@@ -38,7 +41,7 @@ FOLDERS: dict[str, tuple[str, ...]] = {
     "face": ("face",),
 }
 CONFIGS = "configs"
-RESERVED_KINDS = ("clip", "face")
+RESERVED_KINDS: tuple[str, ...] = ()
 CONTROL_TYPES = ("canny", "tile", "depth")
 BASES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}  # by the UNet's cross-attention width
 BASE_HUB_CONFIGS = {"sd1": "stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -73,7 +76,7 @@ class ModelEntry:
     name: str
     kind: str                                # one of KINDS
     path: Path
-    format: str                              # diffusers | single_file | lora | transformers | reserved
+    format: str                              # diffusers | single_file | lora | transformers | onnx | reserved
     size_bytes: int
     base: str | None = None                  # sd1 | sd2 | sdxl | ca<N>: by the cross-attention width
     cross_attention_dim: int | None = None
@@ -82,6 +85,7 @@ class ModelEntry:
     control_type: str | None = None          # a ControlNet's canny | tile | depth, from its name
     text_encoder: bool = False               # a LoRA that also adapts the text encoder
     text_layers: int | None = None           # a checkpoint's CLIP layers (clip_skip stays below)
+    role: str | None = None                  # a face model's restorer | detector
     problem: str | None = None               # why it cannot be used; None when it can
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -93,7 +97,7 @@ class ModelEntry:
         """What GET /api/v1/models and `pixelmill models list` show."""
         return {"name": self.name, "kind": self.kind, "format": self.format, "base": self.base,
                 "size_bytes": self.size_bytes, "control_type": self.control_type,
-                "text_encoder": self.text_encoder if self.kind == "lora" else None,
+                "text_encoder": self.text_encoder if self.kind == "lora" else None, "role": self.role,
                 "usable": self.is_usable, "problem": self.problem}
 
 
@@ -237,6 +241,10 @@ class Library:
             return inspect_controlnet(path)
         if kind == "depth":
             return inspect_depth(path)
+        if kind == "clip":
+            return inspect_clip(path)
+        if kind == "face":
+            return inspect_face(path)
         return _entry(path, kind=kind, format="reserved",
                       problem=f"{kind}/ is reserved for models a coming release uses; nothing reads it yet")
 
@@ -304,11 +312,11 @@ _RESERVED_TOP = {name for kind, folders in FOLDERS.items() if kind != "checkpoin
 # --- one entry of each kind ---------------------------------------------------------------------------
 
 def _inspect_diffusers(path: Path) -> ModelEntry:
-    index = _read_json(path / "model_index.json") or {}
+    index = read_json(path / "model_index.json") or {}
     pipeline = str(index.get("_class_name", ""))
-    unet = _read_json(path / "unet" / "config.json") or {}
+    unet = read_json(path / "unet" / "config.json") or {}
     dim = _cross_attention_dim(unet)
-    text = _read_json(path / "text_encoder" / "config.json") or {}
+    text = read_json(path / "text_encoder" / "config.json") or {}
     problem = None
     if "XL" in pipeline or unet.get("addition_embed_type") == "text_time":
         problem = "SDXL checkpoints are not supported (this engine runs Stable Diffusion 1.x/2.x)"
@@ -361,7 +369,7 @@ def inspect_controlnet(path: Path) -> ModelEntry | None:
                       problem="single-file ControlNets are not supported yet: use the diffusers folder "
                               "(config.json + diffusion_pytorch_model.safetensors), e.g. lllyasviel/"
                               "control_v11p_sd15_canny")
-    config = _read_json(path / "config.json")
+    config = read_json(path / "config.json")
     if config is None:
         return None
     dim = _cross_attention_dim(config)
@@ -375,7 +383,7 @@ def inspect_controlnet(path: Path) -> ModelEntry | None:
 def inspect_depth(path: Path) -> ModelEntry | None:
     if not path.is_dir():
         return None
-    config = _read_json(path / "config.json")
+    config = read_json(path / "config.json")
     if config is None:
         return None
     problem = _weights_problem(path, what="depth model")
@@ -384,6 +392,48 @@ def inspect_depth(path: Path) -> ModelEntry | None:
                               f"({', '.join(DEPTH_TYPES)})")
     return _entry(path, kind="depth", format="transformers", problem=problem,
                   extra={"model_type": config.get("model_type")})
+
+
+def inspect_clip(path: Path) -> ModelEntry | None:
+    """A transformers CLIPModel folder (config, safetensors weights, a CLIP tokenizer): CLIPScore."""
+    if not path.is_dir():
+        return None
+    config = read_json(path / "config.json")
+    if config is None:
+        return None
+    problem = _weights_problem(path, what="CLIP")
+    if config.get("model_type") != "clip":
+        problem = problem or f"a {config.get('model_type')!r} model is not a CLIP model (model_type 'clip')"
+    elif not ((path / "vocab.json").is_file() and (path / "merges.txt").is_file()) \
+            and not (path / "tokenizer.json").is_file():
+        problem = problem or "no CLIP tokenizer in it (vocab.json and merges.txt, or tokenizer.json)"
+    return _entry(path, kind="clip", format="transformers", problem=problem)
+
+
+YUNET_OUTPUTS = {f"{kind}_{stride}" for kind in ("cls", "obj", "bbox", "kps") for stride in (8, 16, 32)}
+
+
+def inspect_face(path: Path) -> ModelEntry | None:
+    """An ONNX face model: the YuNet detector (its cls/obj/bbox/kps outputs) or a GFPGAN-class restorer
+    (one image input, N×3×S×S), from the graph's signature alone."""
+    if path.is_dir() or path.suffix not in (".onnx", *PICKLE_SUFFIXES):
+        return None
+    if path.suffix != ".onnx":
+        return _entry(path, kind="face", format="onnx",
+                      problem=f"{path.suffix} files are PyTorch pickles: export the model to ONNX "
+                              "(README: face restoration)")
+    try:
+        signature = read_signature(path)
+    except OnnxError as e:
+        return _entry(path, kind="face", format="onnx", problem=str(e))
+    if YUNET_OUTPUTS <= signature.output_names():
+        return _entry(path, kind="face", format="onnx", role="detector")
+    shape = signature.inputs[0].shape if len(signature.inputs) == 1 else ()
+    if len(shape) == 4 and (shape[1] == 3 or not isinstance(shape[1], int)):
+        return _entry(path, kind="face", format="onnx", role="restorer")
+    return _entry(path, kind="face", format="onnx",
+                  problem="neither a YuNet face detector (outputs cls_8 … kps_32) nor a face restorer "
+                          "(one image input, N×3×512×512)")
 
 
 # --- helpers ---------------------------------------------------------------------------------------
@@ -440,7 +490,8 @@ def _lora_file(path: Path) -> Path:
     return (preferred or weights)[0]
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from a file; None when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

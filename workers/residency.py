@@ -106,15 +106,16 @@ def diffusion_engine(*, model: str | None, revision: str | None, device: str, dt
             "or a local folder, or pick the style engine"
         )
 
+    chosen = pick_device(device)
+    torch_dtype = default_dtype(chosen, dtype)  # "auto" and the dtype it means share one resident copy
+
     def load() -> LoadedDiffusion:
-        chosen = pick_device(device)
-        torch_dtype = default_dtype(chosen, dtype)
         engine = DiffusionEngine.load(model, device=chosen, dtype=torch_dtype, revision=revision, options=options,
                                       config=config, lora_slots=lora_slots)
         return LoadedDiffusion(engine=engine, device=chosen, dtype_name=dtype_name(torch_dtype), name=name,
                                revision=fingerprint if name else None)
 
-    key = (model, revision, device, dtype, options, name, fingerprint, config, lora_slots)
+    key = (model, revision, device, dtype_name(torch_dtype), options, name, fingerprint, config, lora_slots)
     return _diffusion.get(key, load, slots=slots)
 
 

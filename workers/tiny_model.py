@@ -207,16 +207,47 @@ def build_tiny_depth(path: str | Path, *, seed: int = 0) -> Path:
     return Path(path)
 
 
+def build_tiny_clip(path: str | Path, *, seed: int = 0) -> Path:
+    """A tiny CLIP (text and vision towers of width 32 and 2 layers, 32-px images in 8-px patches,
+    projection 16) with the byte-level tokenizer and a preprocessor config, saved to ``path``: what
+    CLIPScore loads from clip/ in the library."""
+    from transformers import CLIPConfig, CLIPModel
+
+    target = Path(path)
+    target.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_byte_tokenizer(target)  # vocab.json + merges.txt, in the folder itself
+    tower = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+    config = CLIPConfig(
+        text_config={**tower, "vocab_size": TEXT_VOCAB_SIZE, "max_position_embeddings": MAX_TOKENS,
+                     "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        vision_config={**tower, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+    model.save_pretrained(target, safe_serialization=True)
+    tokenizer.save_pretrained(target)
+    (target / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "size": {"shortest_edge": 32},
+        "crop_size": {"height": 32, "width": 32}, "image_mean": [0.48145466, 0.4578275, 0.40821073],
+        "image_std": [0.26862954, 0.26130258, 0.27577711]}))
+    return target
+
+
 def build_tiny_library(root: str | Path, *, seed: int = 0) -> Path:
     """The tiny model library under ``root`` (PIXELMILL_MODELS_DIR), offline, in seconds:
 
     tiny/ (a diffusers checkpoint) · tiny-single.safetensors (the same weights in the A1111/ComfyUI
     layout) with configs/ca32/ (the configs it loads with) · controlnets/canny, tile, depth ·
-    loras/tiny-style.safetensors (UNet and text encoder) · depth/tiny-depth.
+    loras/tiny-style.safetensors (UNet and text encoder) · depth/tiny-depth · clip/tiny-clip ·
+    face/tiny-restorer.onnx and face/tiny-yunet.onnx (workers/tiny_faces.py).
     """
     import shutil
 
     from workers.ldm_layout import save_single_file
+    from workers.tiny_faces import build_tiny_restorer, build_tiny_yunet
 
     library = Path(root)
     checkpoint = library / "tiny"
@@ -232,4 +263,7 @@ def build_tiny_library(root: str | Path, *, seed: int = 0) -> Path:
         build_tiny_controlnet(pipe.unet, library / "controlnets" / control_type, seed=seed + 10 + i)
     build_tiny_lora(library / "loras" / "tiny-style.safetensors", seed=seed + 20)
     build_tiny_depth(library / "depth" / "tiny-depth", seed=seed + 30)
+    build_tiny_clip(library / "clip" / "tiny-clip", seed=seed + 40)
+    build_tiny_restorer(library / "face" / "tiny-restorer.onnx", seed=seed + 50)
+    build_tiny_yunet(library / "face" / "tiny-yunet.onnx")
     return library

@@ -1,7 +1,12 @@
-"""audit: classify and check the output before anyone is served it; the tenant's policy
-decides (block, flag or blur) and the verdict ends the job."""
+"""audit: classify, check and score the output before anyone is served it. The tenant's NSFW
+policy decides (block, flag or blur); its quality policy (safety.quality_policy) may flag the job,
+fail it, or send it back to generate with a new seed — keeping the best-scoring attempt — and the
+verdict ends the job."""
 
 from __future__ import annotations
+
+import logging
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -9,10 +14,17 @@ from PIL import Image
 from safety.nsfw import get_classifier
 from safety.policy import Action, blur, decide
 from safety.quality import Verdict, check_quality
+from safety.quality_policy import FAIL_CODE, Outcome, judge, keep_best, with_judgement
+from safety.scores import measure
 from tasks.celery_app import app
+from tasks.errors import PixelmillError
 from tasks.jobs import Job, JobStatus
+from tasks.scoring import has_prompt, next_seed, policy_for
 from tasks.worker_runtime import WorkerRuntime
-from tasks.stages.base import StageResult, load_image, run_stage, save_image
+from tasks.stages.base import Restart, StageResult, load_image, run_stage, save_image
+from workers.errors import EngineError
+
+log = logging.getLogger(__name__)
 
 
 @app.task(name="pixelmill.audit", bind=True)
@@ -27,10 +39,61 @@ def _audit(job: Job, rt: WorkerRuntime) -> StageResult:
     classifier = get_classifier()
     result = decide(nsfw_score=classifier.score(served), quality=quality,
                     policy=rt.audit_policy(job.tenant), model=classifier.name)
-    if result.verdict is Verdict.BLOCK:
-        return StageResult(end=JobStatus.BLOCKED, audit=result.to_dict())
+    policy = policy_for(rt, tenant=job.tenant, params=job.params)
+    audit = result.to_dict()
+    audit["scores"].update(_scores(job, rt, served, reference, needs_clip=policy is not None and policy.needs_clip))
+    if result.verdict is Verdict.BLOCK:  # never served, whatever came before
+        return StageResult(end=JobStatus.BLOCKED, audit=with_judgement(audit, None), attempts=job.attempts or None)
     final = save_image(rt, blur(served)) if result.action is Action.BLUR else job.outputs["enhanced"]
-    return StageResult(outputs={"result": final}, end=JobStatus.SUCCEEDED, audit=result.to_dict())
+    if policy is None:
+        return StageResult(outputs={"result": final}, end=JobStatus.SUCCEEDED, audit=with_judgement(audit, None))
+
+    number = len(job.attempts) + 1
+    judgement = judge(policy, audit["scores"], attempt=number, can_regenerate=job.params["engine"] == "diffusion")
+    this = {"attempt": number, "seed": job.params.get("seed"), "scores": audit["scores"],
+            "generated": job.outputs["generated"], "enhanced": job.outputs["enhanced"], "result": final,
+            "audit": audit}
+    if judgement.outcome is Outcome.REGENERATE:
+        first_seed = job.attempts[0]["seed"] if job.attempts else job.params.get("seed")
+        return StageResult(restart=Restart(stage="generate", params={"seed": next_seed(first_seed, number)},
+                                           attempt={**this, "outcome": judgement.outcome.value}))
+    if not job.attempts:
+        return _end(audit, judgement, outputs={"result": final})
+    attempts = [*job.attempts, {**this, "outcome": judgement.outcome.value}]
+    best, judgement = keep_best(judgement, [a["scores"] for a in attempts])
+    kept = attempts[best]
+    for i, attempt in enumerate(attempts):
+        attempt["kept"] = i == best
+    outputs = {name: kept[name] for name in ("generated", "enhanced", "result")}
+    return _end(kept["audit"], judgement, outputs=outputs, attempts=attempts, params={"seed": kept["seed"]})
+
+
+def _end(audit: dict[str, Any], judgement, *, outputs: dict[str, str], **kept: Any) -> StageResult:
+    """Succeed (passed or flagged), or fail when the quality policy says so (the scores recorded)."""
+    record = with_judgement(audit, judgement)
+    if judgement.outcome is Outcome.FAIL:
+        return StageResult(end=JobStatus.FAILED, audit=record, error={"code": FAIL_CODE, "message": judgement.reason},
+                           **kept)
+    return StageResult(outputs=outputs, end=JobStatus.SUCCEEDED, audit=record, **kept)
+
+
+def _scores(job: Job, rt: WorkerRuntime, served: np.ndarray, reference: np.ndarray, *,
+            needs_clip: bool) -> dict[str, float]:
+    """Sharpness and pHash distance to the input for every job; CLIPScore against the prompt for a
+    diffusion job with one, when a CLIP model is configured. A CLIP model that cannot be loaded fails
+    the job only when its quality policy needs the score."""
+    scores = measure(served, reference=reference)
+    if not has_prompt(job.params):
+        return scores
+    try:
+        scorer = rt.clip_scorer()
+        if scorer is not None:
+            scores["clipscore"] = scorer.score(served, job.params["prompt"])
+    except (PixelmillError, EngineError) as e:
+        if needs_clip:
+            raise
+        log.warning("job %s: no CLIPScore (%s)", job.id, e)
+    return scores
 
 
 def _same_size(image: np.ndarray, like: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ from tasks.backoff import backoff_s
 from tasks.errors import InvalidTransition, JobNotFound, PixelmillError
 from tasks import leases
 from tasks.jobs import Job, JobStatus
+from tasks.pipeline import enqueue_from
 from tasks.priority import base_of
 from tasks.settings import STAGES
 from tasks.metrics import stage_metrics
@@ -47,6 +48,22 @@ class StageResult:
     end: JobStatus | None = None
     audit: dict[str, Any] | None = None
     device_s: float | None = None  # this job's share of device time when it shared it (a batch); else measured
+    dtype: str | None = None  # the precision a diffusion stage ran at (its queue's: tasks.quality.queue_dtype)
+    faces: dict[str, Any] | None = None  # enhance: what face restoration found and did (Job.faces)
+    error: dict[str, str] | None = None  # with end=FAILED: why (a quality policy that fails the job)
+    attempts: list[dict[str, Any]] | None = None  # the job's generations, all told (a quality policy's)
+    params: dict[str, Any] | None = None  # with end: parameters of the attempt kept (its seed)
+    restart: Restart | None = None  # instead of finishing: run the job again from a stage
+
+
+@dataclass(frozen=True)
+class Restart:
+    """What a stage asks instead of finishing: run the job again from ``stage`` (audit → generate,
+    a quality regeneration) with ``params`` merged in (the new seed), recording ``attempt``."""
+
+    stage: str
+    attempt: dict[str, Any]
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 StageWork = Callable[[Job, WorkerRuntime], StageResult]
@@ -93,6 +110,10 @@ def _admit(rt: WorkerRuntime, stage: str, job: Job) -> None:
     if job.status.is_terminal():
         raise Skip(f"job {job.id} is already {job.status.value}; stopping its chain")
     record = job.stages[stage]
+    index = STAGES.index(stage)
+    if not record.done and index and not job.stages[STAGES[index - 1]].done:
+        raise Skip(f"job {job.id}: {STAGES[index - 1]} has not run yet (a stale delivery from before the job was "
+                   "sent back to it); dropping it")
     if record.done:
         following = STAGES[STAGES.index(stage) + 1:]
         if following and (job.stages[following[0]].done or job.stages[following[0]].is_in_flight()):
@@ -111,9 +132,14 @@ def _admit(rt: WorkerRuntime, stage: str, job: Job) -> None:
                    code="poison")
 
 
+def delivered_from(task: Task) -> str | None:
+    """The queue the running task's message came from: `gpu.low`, `cpu` …"""
+    return (task.request.delivery_info or {}).get("routing_key")
+
+
 def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
     rt = get_worker_runtime()
-    routing_key = (task.request.delivery_info or {}).get("routing_key")
+    routing_key = delivered_from(task)
     queue = base_of(routing_key) if routing_key else None  # cpu for cpu.high: prices and metrics are per queue
     lease = (str(leases.current_holder()), rt.settings.stage_lease_s)
     try:
@@ -161,14 +187,36 @@ def _work_and_finish(rt: WorkerRuntime, job: Job, stage: str, queue: str | None,
         device_s = result.device_s if result.device_s is not None else wall_s  # what it used, cached or not
         metrics = partial(stage_metrics, stage=stage, queue=queue, seconds=wall_s, device_s=device_s,
                           prices=rt.settings.price_per_hour)
+        if result.restart is not None:
+            _restart(rt, job_id, stage, result.restart, device_s=round(device_s, 4), also=metrics)
+            return
         try:
             rt.store.finish_stage(job_id, stage, outputs=result.outputs, cached=result.cached,
                                   cache=result.cache, end=result.end, audit=result.audit,
-                                  device_s=round(device_s, 4), also=metrics)
+                                  device_s=round(device_s, 4), dtype=result.dtype, error=result.error,
+                                  attempts=result.attempts, params=result.params,
+                                  faces=result.faces, also=metrics)
         except InvalidTransition:  # canceled while this stage ran: drop its output
             raise Ignore() from None
         return
     raise Ignore()  # the job has failed: stop the chain here
+
+
+def _restart(rt: WorkerRuntime, job_id: str, stage: str, restart: Restart, *, device_s: float,
+             also: Callable) -> None:
+    """Send the job back to ``restart.stage`` (one transition), then enqueue its chain from there. If
+    the enqueue is lost, the reaper enqueues it again once the stage has shown no heartbeat for
+    stage_deadline_s (the job waits in that stage's status, its stage not started)."""
+    try:
+        job = rt.store.restart_at(job_id, restart.stage, ending=stage, attempt=restart.attempt, params=restart.params,
+                                  device_s=device_s, also=also)
+    except InvalidTransition:  # canceled while this stage ran
+        raise Ignore() from None
+    try:
+        enqueue_from(job, restart.stage, rt.settings)
+    except Exception as e:  # noqa: BLE001 — the record is written: the reaper finishes what this could not
+        log.warning("job %s: could not enqueue it again from %s (%s: %s); the reaper will", job_id, restart.stage,
+                    type(e).__name__, e)
 
 
 def _fail(rt: WorkerRuntime, job_id: str, *, code: str, message: str) -> None:

@@ -4,6 +4,8 @@ make the control maps its ControlNets ask for (cached by the pixels they come fr
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 import torch
 
@@ -12,23 +14,23 @@ from tasks.celery_app import app
 from tasks.generation import control_maps
 from tasks.jobs import Job
 from tasks.worker_runtime import WorkerRuntime
-from tasks.stages.base import StageResult, load_image, run_stage, save_image
+from tasks.stages.base import StageResult, delivered_from, load_image, run_stage, save_image
 from workers.diffusion import DiffusionEngine, normalise_for_diffusion
 from workers.imaging import fit_within
 
 
 @app.task(name="pixelmill.encode", bind=True)
 def encode(self, job_id: str) -> None:
-    run_stage(self, job_id, "encode", _encode)
+    run_stage(self, job_id, "encode", partial(_encode, queue=delivered_from(self)))
 
 
-def _encode(job: Job, rt: WorkerRuntime) -> StageResult:
+def _encode(job: Job, rt: WorkerRuntime, *, queue: str | None = None) -> StageResult:
     params = job.job_params
     image = load_image(rt, job.input_ref)
     if params.engine == "style":
         return StageResult(outputs={"normalized": save_image(rt, fit_within(image, params.size))})
 
-    loaded = rt.diffusion(params.model)
+    loaded = rt.diffusion(params.model, dtype=rt.dtype_for(queue))  # at the dtype of the queue it came from
     engine = loaded.engine
     normalised = normalise_for_diffusion(image, size=params.size, multiple=engine.vae_scale_factor)
     outputs = {"normalized": save_image(rt, normalised)}
@@ -47,7 +49,7 @@ def _encode(job: Job, rt: WorkerRuntime) -> StageResult:
                                               params=params, image=normalised, save=lambda m: save_image(rt, m),
                                               exists=rt.blobs.exists, depth=rt.depth)
         outputs.update(maps)
-    return StageResult(outputs=outputs, cached=outcome.cached, cache=cache)
+    return StageResult(outputs=outputs, cached=outcome.cached, cache=cache, dtype=loaded.dtype_name)
 
 
 def _vae_encode(engine: DiffusionEngine, normalised: np.ndarray) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import torch
 
@@ -12,7 +13,7 @@ from tasks.celery_app import app
 from tasks.generation import CONTROL_OUTPUT, generate_params, prompt_lookup
 from tasks.jobs import Job
 from tasks.worker_runtime import WorkerRuntime
-from tasks.stages.base import StageResult, load_image, run_stage, save_image
+from tasks.stages.base import StageResult, delivered_from, load_image, run_stage, save_image
 from workers.preview import preview_png
 from workers.styles import apply_style
 
@@ -21,17 +22,17 @@ PROGRESS_EVERY_S = 0.25
 
 @app.task(name="pixelmill.generate", bind=True)
 def generate(self, job_id: str) -> None:
-    run_stage(self, job_id, "generate", _generate)
+    run_stage(self, job_id, "generate", partial(_generate, queue=delivered_from(self)))
 
 
-def _generate(job: Job, rt: WorkerRuntime) -> StageResult:
+def _generate(job: Job, rt: WorkerRuntime, *, queue: str | None = None) -> StageResult:
     params = job.job_params
     if params.engine == "style":
         image = load_image(rt, job.outputs["normalized"])
         styled = apply_style(image, params.style, strength=params.style_strength)
         return StageResult(outputs={"generated": save_image(rt, styled)})
 
-    loaded = rt.diffusion(params.model)
+    loaded = rt.diffusion(params.model, dtype=rt.dtype_for(queue))  # at the dtype of the queue it came from
     engine = loaded.engine
     scope = cache_scope(rt, job)
     wanted = generate_params(rt.settings, params)
@@ -40,7 +41,7 @@ def _generate(job: Job, rt: WorkerRuntime) -> StageResult:
         stored = rt.cache.fetch_result(key, scope_token=scope.token, is_usable=lambda s: rt.blobs.exists(s.generated))
         if stored is not None:
             return StageResult(outputs={"generated": stored.generated}, cached=True,
-                               cache={"tier": "results", "match": "exact"})
+                               cache={"tier": "results", "match": "exact"}, dtype=loaded.dtype_name)
 
     latents, tier = rt.cache.fetch_latent(job.outputs["latent"], scope_token=scope.token, device=loaded.device)
     if latents is None:  # evicted, cleared or Redis was unavailable: recompute rather than fail
@@ -48,7 +49,7 @@ def _generate(job: Job, rt: WorkerRuntime) -> StageResult:
             latents = engine.encode(load_image(rt, job.outputs["normalized"]))
     maps = [load_image(rt, job.outputs[CONTROL_OUTPUT.format(type=c.type)]) for c in wanted.controls]
     request = GenerateRequest(job_id=job.id, latents=latents, params=wanted, on_step=_progress_reporter(job, rt),
-                              model=params.model, control_images=maps, scope=scope)
+                              model=params.model, control_images=maps, scope=scope, dtype=loaded.dtype_name)
     batcher = rt.generate_batcher()
     cache_info = {"latent_tier": tier or "recomputed"}
     if batcher is None:
@@ -64,7 +65,7 @@ def _generate(job: Job, rt: WorkerRuntime) -> StageResult:
     generated = save_image(rt, image)
     if key is not None:
         rt.cache.save_result(key, scope_token=scope.token, generated=generated, job_id=job.id)
-    return StageResult(outputs={"generated": generated}, cache=cache_info, device_s=device_s)
+    return StageResult(outputs={"generated": generated}, cache=cache_info, device_s=device_s, dtype=loaded.dtype_name)
 
 
 def _progress_reporter(job: Job, rt: WorkerRuntime):

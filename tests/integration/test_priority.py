@@ -6,14 +6,16 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 
 import pytest
 import redis
 
-from tasks.priority import JOB_CREATED_HEADER, consume_order, promote_aged
+from tasks.priority import JOB_CREATED_HEADER, consume_order, job_of, promote_aged, queue_for
+from tasks.settings import STAGES, Settings
 from tasks.store import store_key
 from tests.conftest import encode, photo, routes_to
-from tests.faults.cluster import Cluster
+from tests.faults.cluster import TERMINAL, Cluster
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +40,96 @@ def test_a_high_job_runs_before_every_waiting_low_job(tmp_path, tiny_model):
     order = sorted(jobs, key=lambda i: jobs[i]["finished_at"])
     assert order[0] == high, f"the high job finished {order.index(high) + 1}th of {len(order)}"
     assert {jobs[i]["stages"]["encode"]["queue"] for i in jobs} == {"cpu"}  # recorded (and priced) as cpu
+
+
+def test_a_low_job_still_runs_while_high_jobs_keep_coming(tmp_path, tiny_model):
+    """A saturated cpu worker and a stream of high jobs that never lets cpu.high empty: the low job
+    waits until the reaper lifts it (older than 2T: straight to the consuming end of cpu.high), then
+    runs, and each later stage follows within a pass. T is the shortest the setting allows; the
+    default T is checked by the next test."""
+    promote_after = Settings.model_fields["priority_promote_after_s"].metadata[0].ge  # 10 s
+    cluster = Cluster(tmp_path, broker="redis", model=tiny_model, priority_promote_after_s=promote_after,
+                      reaper_interval_s=1, rate_limit_per_minute=100_000)
+    broker = redis.Redis.from_url(cluster.redis.url)
+    try:
+        cluster.start_reaper()
+        cluster.start_web()
+        cluster.start_worker(name="busy", queues="cpu", concurrency=1)  # one slot, cpu.high first
+        image = encode(photo("astronaut", size=96))
+
+        def submit(level: str) -> str:
+            return cluster.submit(image, style="sketch", size=64, priority=level)["id"]
+
+        highs = [submit("high") for _ in range(8)]
+        low, submitted = submit("low"), time.monotonic()
+        started = None  # when the low job was first seen out of the queue
+        fewest_waiting = None  # the shortest cpu.high seen while the low job was still queued
+        deadline = submitted + 40
+        while (job := cluster.job(low))["status"] not in TERMINAL:
+            assert time.monotonic() < deadline, f"the low job starved: {job}; logs in {tmp_path}"
+            waiting = broker.llen("cpu.high")  # the list kombu keeps for the queue cpu.high
+            if job["status"] == "queued":
+                fewest_waiting = waiting if fewest_waiting is None else min(fewest_waiting, waiting)
+            elif started is None:
+                started = time.monotonic()
+            if waiting < 8:  # the stream never stops: every high job keeps one message in cpu.high
+                highs += [submit("high") for _ in range(4)]
+            time.sleep(0.05)
+        ended = time.monotonic()
+        still_high = sum(1 for i in highs[-8:] if cluster.job(i)["status"] not in TERMINAL)
+    finally:
+        cluster.stop()
+    assert job["status"] == "succeeded", job
+    assert fewest_waiting, "cpu.high ran empty while the low job waited: the worker was not saturated"
+    assert still_high, "the high jobs stopped coming before the low job ended"
+    assert len(highs) > 8, "no high job came after the low one"
+    started = started or ended
+    assert started - submitted >= 2 * promote_after - 1, \
+        f"it started {started - submitted:.1f} s after submit: before the guard lifted it"
+    assert {job["stages"][s]["queue"] for s in STAGES} == {"cpu"}
+    assert ended - started < 12, \
+        f"its stages took {ended - started:.1f} s once lifted: each later one should wait one pass (1 s) at most"
+
+
+def test_with_the_default_settings_a_starved_job_ends_well_within_its_target(redis_server):
+    """The shipped promotion age and reaper interval, not shortened ones: under a stream of high
+    jobs that never lets the high queue empty, a low and a normal job each run their four stages
+    through the reaper's passes (the real Lua script on a real Redis) and end with a fifth of their
+    SLA target left for the running. Each stage is enqueued just after a pass: the worst case."""
+    fields = Settings.model_fields
+    promote_after, interval = fields["priority_promote_after_s"].default, fields["reaper_interval_s"].default
+    targets = fields["sla_target_s"].default_factory()
+    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/7")  # a db no worker consumes
+    for level in ("low", "normal"):
+        client.flushdb()
+        queue = queue_for("cpu", level)
+        client.lpush(queue, _message(0.0, "starved"))  # submitted at t = 0
+        ran, now = 0, 0.0
+        while ran < len(STAGES):
+            assert now < targets[level], f"a starved {level} job never got through"
+            now += interval  # the next reaper pass
+            client.lpush("cpu.high", _message(now, "high"))  # a high job arrives: never an empty queue
+            promote_aged(client, older_than_s=promote_after, now=now)
+            raw = client.lindex("cpu.high", -1)
+            if raw is not None and job_of(raw) == "starved":  # at the consuming end: the worker takes it next
+                client.rpop("cpu.high")
+                ran += 1
+                if ran < len(STAGES):  # its chain sends the next stage to its own level again
+                    client.lpush(queue, _message(0.0, "starved"))
+        assert now <= 0.8 * targets[level], (
+            f"with the defaults a starved {level} job ends its stages {now:.0f} s after submit: its target is "
+            f"{targets[level]:.0f} s (PIXELMILL_PRIORITY_PROMOTE_AFTER_S={promote_after})")
+    client.flushdb()
+
+
+def test_a_job_older_than_twice_the_age_climbs_two_levels_in_one_pass(redis_server):
+    client = redis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/7")
+    client.flushdb()
+    client.lpush("gpu.low", _message(1000.0, "old"))
+    assert promote_aged(client, older_than_s=100, now=1201.0) == {"gpu.low": 1, "gpu": 1}
+    assert [job_of(m) for m in client.lrange("gpu.high", 0, -1)] == ["old"]
+    assert client.llen("gpu.low") == client.llen("gpu") == 0
+    client.flushdb()
 
 
 def _message(created: float, job_id: str) -> bytes:

@@ -209,3 +209,30 @@ def test_progress_is_reported_to_each_member_with_its_own_latents(loaded: Loaded
     batcher.close()
     steps = PARAMS.denoising_steps
     assert seen["a"] == seen["b"] == [(i, steps, (1, 4, 8, 8)) for i in range(1, steps + 1)]
+
+
+def test_requests_at_different_dtypes_never_share_a_batch(loaded: LoadedDiffusion,
+                                                          tmp_path_factory: pytest.TempPathFactory) -> None:
+    """One worker serving queues of different precision (PIXELMILL_QUEUE_DTYPES): each request runs
+    on the model resident at its own dtype, batched only with requests at that dtype."""
+    path = build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd-bf16") / "model", seed=0)
+    bf16 = LoadedDiffusion(engine=DiffusionEngine.load(str(path), dtype=torch.bfloat16), device="cpu",
+                           dtype_name="bf16")
+    asked: list[tuple[str | None, str | None]] = []
+
+    def load(model: str | None = None, *, dtype: str | None = None) -> LoadedDiffusion:
+        asked.append((model, dtype))
+        return {"fp32": loaded, "bf16": bf16}[dtype or "fp32"]
+
+    square = latents_of(loaded.engine, 64, 64)
+    requests = [GenerateRequest(job_id=f"{dtype}-{i}", latents=square, params=replace(PARAMS, seed=i), dtype=dtype)
+                for i, dtype in enumerate(("fp32", "bf16", "fp32", "bf16"))]
+    assert requests[0].batch_key() == requests[2].batch_key() != requests[1].batch_key()
+    batcher = GenerateBatcher(load, max_batch=8, max_wait_s=0.5, expected=lambda: 1)
+    futures = {r.job_id: batcher._batcher.submit(r) for r in requests}
+    results = {job_id: f.result(timeout=120) for job_id, f in futures.items()}
+    batcher.close()
+    assert {r.batch_size for r in results.values()} == {2}  # a pair per dtype
+    assert sorted(asked) == [(None, "bf16"), (None, "fp32")]
+    assert {r.job_id: r.ran["backend"] for r in requests} == {"fp32-0": "torch-fp32", "bf16-1": "torch-bf16",
+                                                                "fp32-2": "torch-fp32", "bf16-3": "torch-bf16"}

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from tasks.priority import levels_of
+from tasks.priority import all_queues, base_of, consume_order, levels_of
 from tasks.settings import QUEUES, Settings
 from stack.supervisor import plan_worker
 
@@ -85,8 +85,9 @@ def check_command(argv: list[str], where: str) -> None:
         unknown = [opt for opt in _options(rest) if opt not in known]
         assert not unknown, f"{where}: `pixelmill {sub}` has no option {unknown}"
         queues = _option_value(rest, "--queues")
-        if queues is not None:
-            assert set(queues.split(",")) <= set(QUEUES), f"{where}: unknown queue in {queues!r} (QUEUES: {QUEUES})"
+        if queues is not None:  # a queue or one of its priority levels (cpu.high …)
+            assert set(queues.split(",")) <= set(all_queues(QUEUES)), \
+                f"{where}: unknown queue in {queues!r} (QUEUES and their levels: {all_queues(QUEUES)})"
     elif program == "celery":
         from celery import Celery
         from celery.bin.celery import celery as celery_cli
@@ -116,8 +117,10 @@ def test_the_command_checker_refuses_what_does_not_exist():
     check_command(["pixelmill", "worker", "--queues", "cpu,io", "--concurrency", "2"], "ok")
     check_command(["celery", "-A", "tasks.celery_app", "worker", "--queues", "cpu"], "ok")
     check_command(["CUDA_VISIBLE_DEVICES=1", "pixelmill", "worker", "--queues", "gpu"], "ok")
+    check_command(["pixelmill", "worker", "--queues", "gpu.high"], "ok")  # a priority level
     for bad in (["pixelmill", "wrker"], ["pixelmill", "worker", "--queue", "cpu"],
-                ["pixelmill", "worker", "--queues", "gpus"], ["celery", "-A", "tasks.celery_app", "flowr"],
+                ["pixelmill", "worker", "--queues", "gpus"], ["pixelmill", "worker", "--queues", "io.high"],
+                ["celery", "-A", "tasks.celery_app", "flowr"],
                 ["gunicorn", "web:create_app()"]):
         with pytest.raises((AssertionError, pytest.fail.Exception)):
             check_command(bad, "bad")
@@ -255,8 +258,9 @@ def test_compose_every_app_service_sees_both_redises_and_the_shared_blobs(compos
 
 def test_compose_workers_serve_every_queue(compose):
     workers = _worker_services(compose)
-    served = {q for queues in workers.values() for q in queues.split(",")}
-    assert served == set(QUEUES)
+    default = {name: queues for name, queues in workers.items() if not compose["services"][name].get("profiles")}
+    served = {q for queues in default.values() for q in consume_order(queues.split(","))}
+    assert served == set(all_queues(QUEUES)), "`docker compose up` must serve every queue at every level"
     for name in workers:
         service = compose["services"][name]
         assert "healthcheck" in service, name
@@ -272,14 +276,40 @@ def _seconds(duration: str) -> float:
 
 
 def test_compose_gpu_worker_reserves_an_nvidia_gpu(compose):
-    gpu_workers = [n for n, queues in _worker_services(compose).items() if "gpu" in queues.split(",")]
-    assert gpu_workers
+    gpu_workers = [n for n, queues in _worker_services(compose).items()
+                   if "gpu" in {base_of(q) for q in queues.split(",")}]
+    assert {"gpu-worker", "gpu-worker-high"} <= set(gpu_workers)
+    gpus = []  # the GPU each one gets: `count: 1` is the first (Docker does not share them out)
     for name in gpu_workers:
         service = compose["services"][name]
-        devices = service["deploy"]["resources"]["reservations"]["devices"]
-        assert {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]} in devices
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"], name
+        assert device.get("count") == 1 or len(device.get("device_ids", [])) == 1, f"{name}: one GPU"
+        gpus.append("0" if device.get("count") == 1 else device["device_ids"][0])
         assert_one_process_per_gpu(service["command"], service["environment"])
         assert service["environment"]["PIXELMILL_DEVICE"].startswith("cuda")
+    assert len(set(gpus)) == len(gpus), f"two gpu workers on one GPU: {dict(zip(gpu_workers, gpus))}"
+
+
+def test_compose_scales_per_priority_level(compose):
+    """The default workers take every level of their queue, high first; the per-level workers
+    (`--profile priority`) take the high level alone, so each level scales on its own."""
+    workers = _worker_services(compose)
+    for base in ("cpu", "gpu"):
+        (default,) = [n for n, q in workers.items() if q == base]
+        assert consume_order([workers[default]]) == levels_of(base)  # cpu.high, cpu, cpu.low
+        assert not compose["services"][default].get("profiles")
+        (high,) = [n for n, q in workers.items() if q == f"{base}.high"]
+        service = compose["services"][high]
+        assert service["profiles"] == ["priority"], f"{high}: only with --profile priority"
+        assert consume_order([workers[high]]) == [f"{base}.high"]
+        assert service["healthcheck"] == compose["services"][default]["healthcheck"]
+        assert service["stop_grace_period"] == compose["services"][default]["stop_grace_period"]
+        assert service["image"] == compose["services"][default]["image"], high
+        # planned as its queue is: a gpu.high worker is one batching process per GPU, model preloaded
+        level_plan, base_plan = plan_worker(workers[high], gpu_max_batch=8), plan_worker(base, gpu_max_batch=8)
+        assert (level_plan.pool, level_plan.concurrency, level_plan.env) == \
+            (base_plan.pool, base_plan.concurrency, base_plan.env), high
 
 
 def assert_one_process_per_gpu(command: list[str], env: dict[str, str]) -> None:
@@ -421,6 +451,31 @@ def _worker_deployments(k8s: list[dict]) -> dict[str, str]:
         if container.get("command", [])[:2] == ["pixelmill", "worker"]:
             out[name] = _option_value(container["command"], "--queues")
     return out
+
+
+def test_k8s_beat_runs_once_and_never_twice(k8s):
+    """Two beats fire every schedule twice: one replica, and a rollout that stops the old pod first."""
+    beats = {name: d for name, d in _of_kind(k8s, "Deployment").items()
+             if d["spec"]["template"]["spec"]["containers"][0].get("command", [])[:2] == ["pixelmill", "beat"]}
+    assert list(beats) == ["beat"]
+    beat = beats["beat"]
+    assert beat["spec"]["replicas"] == 1 and beat["spec"]["strategy"] == {"type": "Recreate"}
+    assert not any(obj["spec"]["scaleTargetRef"]["name"] == "beat" for obj in _of_kind(k8s, "ScaledObject").values())
+    (container,) = beat["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    from tasks.schedules import parse_schedules
+
+    parse_schedules(json.loads(env["PIXELMILL_SCHEDULES"]))  # valid as shipped
+    comments = [line.strip()[1:] for line in (K8S_DIR / "beat.yaml").read_text().splitlines()
+                if line.strip().startswith("#")]
+    example = "".join(comments[comments.index(" The schedules, as JSON, e.g.") + 1:])
+    (spec,) = parse_schedules(json.loads(example))  # the example in the comment is valid too
+    assert spec.cron
+    # beat's record of the last runs is in PIXELMILL_DATA_DIR: on the shared volume, so a new pod resumes
+    data_dir = yaml.safe_load((K8S_DIR / "config.yaml").read_text())["data"]["PIXELMILL_DATA_DIR"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in beat["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mounts[data_dir]]["persistentVolumeClaim"]["claimName"] == "pixelmill-data"
 
 
 def test_k8s_deployments_run_web_and_a_worker_per_queue(k8s):
