@@ -61,9 +61,10 @@ bench-diffusion: install  ## images/s through pixelmill (batch 1, and 8 concurre
 bench-engine-options: install  ## sdpa vs math attention, channels_last, torch.compile, VAE slicing, batch 8 (tiny model on CPU)
 	$(BIN)/python bench/engine_options.py
 
-bench-gpu: install  ## SD 1.5-size, fp16, on a CUDA GPU: raw diffusers vs engine vs batching, the options; ControlNet, LoRA, prompt cache
+bench-gpu: install  ## SD 1.5-size, fp16, on a CUDA GPU: raw diffusers vs engine vs batching, the options; ControlNet, LoRA, prompt cache; face restoration, CLIPScore
 	$(BIN)/python bench/gpu_sd15.py --write-docs
 	$(BIN)/python bench/gpu_sd15.py --depth --write-docs
+	$(BIN)/python bench/gpu_sd15.py --enhance-audit --write-docs
 
 bench-pipeline: install  ## style jobs through pixelmill vs the same engines in one process
 	$(BIN)/python bench/pipeline_overhead.py

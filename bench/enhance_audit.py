@@ -52,21 +52,42 @@ def timed_ms(fn: Callable[[], object], *, rounds: int) -> tuple[float, float, fl
     return statistics.median(samples), min(samples), max(samples)
 
 
+def timing_table(header: tuple[str, ...], rows: list[tuple], *, align: str) -> str:
+    """``rows`` of (label, median, min, max, *more) in ms: the markdown table, a range column for min–max."""
+    return markdown_table(header, [(label, f"{med:.2f}", f"{low:.2f}–{high:.2f}", *more)
+                                   for label, med, low, high, *more in rows], align=align)
+
+
+def provenance(args: argparse.Namespace, *, threads: str, load_start: float, elapsed: float,
+               script: str = "bench/enhance_audit.py") -> str:
+    """The section's first line: machine, threads, load, command, date; ends after "a warm-up"."""
+    command = " ".join([f".venv/bin/python {script}", *sys.argv[1:]])
+    return (f"Machine: {machine()}, {threads}; load average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} "
+            f"at the end. Command: `{command}`; all figures from one run ({time.strftime('%Y-%m-%d')}, "
+            f"{elapsed:.0f} s), medians of {args.rounds} calls after a warm-up")
+
+
 # --- faces ------------------------------------------------------------------------------------------
 
-def measure_faces(args: argparse.Namespace) -> Section:
-    """Per face: detect, align, restorer session, blend + paste back, and the whole restore_faces."""
-    import cv2
+def tiny_face_models(*, device: str = "cpu", threads: int | None = None):
+    """The tiny restorer (an onnxruntime session for ``device``: CUDA where onnxruntime has it) and the
+    tiny YuNet-compatible detector (workers/tiny_faces.py), loaded as enhance loads them."""
+    from workers.faces import load_detector, load_restorer
+    from workers.tiny_faces import build_tiny_restorer, build_tiny_yunet
 
-    from workers.faces import align, blend, load_detector, load_restorer, paste_back, restore_faces
-    from workers.tiny_faces import build_tiny_restorer, build_tiny_yunet, draw_tiny_face
-
-    cv2.setNumThreads(args.threads)
-    started, load_start = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="pixelmill-faces-bench-") as scratch:
         restorer = load_restorer(str(build_tiny_restorer(Path(scratch) / "tiny-restorer.onnx")),
-                                 device="cpu", threads=args.threads)
+                                 device=device, threads=threads)
         detector = load_detector(str(build_tiny_yunet(Path(scratch) / "tiny-yunet.onnx")))
+    return restorer, detector
+
+
+def face_rows(restorer, detector, *, rounds: int) -> list[tuple[str, float, float, float, str]]:
+    """(step, median, min, max ms, per): detect, align, restorer session, blend + paste back, and the
+    whole restore_faces on a 512² image with one face, then four."""
+    from workers.faces import align, blend, paste_back, restore_faces
+    from workers.tiny_faces import draw_tiny_face
+
     one = np.full((512, 512, 3), 120, np.uint8)
     draw_tiny_face(one, x=192, y=192)
     four = np.full((512, 512, 3), 120, np.uint8)
@@ -86,23 +107,32 @@ def measure_faces(args: argparse.Namespace) -> Section:
             ("blend + paste back (feathered mask)", lambda: paste_back(one, blend(crop, fixed, 0.5), affine), "face"),
             ("restore_faces, 1 face, whole", lambda: restore_faces(one, detector=detector, restorer=restorer,
                                                                    weight=0.5), "face")):
-        rows.append((label, *timed_ms(fn, rounds=args.rounds), per))
-    whole4 = timed_ms(lambda: restore_faces(four, detector=detector, restorer=restorer, weight=0.5),
-                      rounds=args.rounds)
+        rows.append((label, *timed_ms(fn, rounds=rounds), per))
+    whole4 = timed_ms(lambda: restore_faces(four, detector=detector, restorer=restorer, weight=0.5), rounds=rounds)
     rows.append(("restore_faces, 4 faces, whole ÷ 4", *(v / 4 for v in whole4), "face"))
+    return rows
+
+
+FACE_HEADER = ("step", "median ms", "range ms", "per")
+
+
+def measure_faces(args: argparse.Namespace) -> Section:
+    """Per face: detect, align, restorer session, blend + paste back, and the whole restore_faces."""
+    import cv2
+
+    cv2.setNumThreads(args.threads)
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
+    restorer, detector = tiny_face_models(device="cpu", threads=args.threads)
+    rows = face_rows(restorer, detector, rounds=args.rounds)
     elapsed = time.perf_counter() - started
 
-    table = markdown_table(("step", "median ms", "range ms", "per"),
-                           [(label, f"{med:.2f}", f"{low:.2f}–{high:.2f}", per) for label, med, low, high, per in rows],
-                           align="lrrl")
+    table = timing_table(FACE_HEADER, rows, align="lrrl")
     overhead = rows[4][1] - rows[2][1]
-    command = " ".join([".venv/bin/python bench/enhance_audit.py", *sys.argv[1:]])
     block = "\n".join([
         "## Face restoration per face on the CPU (`bench/enhance_audit.py`, section faces)",
         "",
-        f"Machine: {machine()}, {args.threads} thread(s) for OpenCV and onnxruntime; load average {load_start:.1f} "
-        f"at the start, {os.getloadavg()[0]:.1f} at the end. Command: `{command}`; all figures from one run "
-        f"({time.strftime('%Y-%m-%d')}, {elapsed:.0f} s), medians of {args.rounds} calls after a warm-up.",
+        provenance(args, threads=f"{args.threads} thread(s) for OpenCV and onnxruntime", load_start=load_start,
+                   elapsed=elapsed) + ".",
         "",
         "A 512×512 RGB image with one face (four for the last row) that the tiny YuNet-compatible detector finds, "
         "through `workers/faces.py` exactly as the enhance stage runs it: the detector is cv2.FaceDetectorYN "
@@ -124,19 +154,19 @@ def measure_faces(args: argparse.Namespace) -> Section:
 
 # --- clipscore ---------------------------------------------------------------------------------------
 
-def measure_clipscore(args: argparse.Namespace) -> Section:
-    """CLIPScore per image on the CPU (the tiny CLIP, and a ViT-B/32-size CLIPModel with random weights:
-    the real model's cost), beside audit's cheap signals (sharpness, pHash distance)."""
+CLIP_IMAGE, CLIP_PROMPT = "astronaut", "an astronaut in a white suit holding a flag, studio photo"
+
+
+def tiny_clip_and_vit_b32(*, device: str = "cpu", dtype=None):
+    """The tiny CLIP (workers/tiny_model.py) on the CPU, a ViT-B/32-size ClipScorer with random weights on
+    ``device`` at ``dtype`` (fp32 by default) — openai/clip-vit-base-patch32's shapes, so its cost — and
+    the latter's parameters in millions."""
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from safety.scores import phash_distance, sharpness
-    from tests.conftest import photo
     from workers.clip_score import CLIP_MEAN, CLIP_STD, ClipScorer
     from workers.tiny_model import build_byte_tokenizer, build_tiny_clip
 
-    torch.set_num_threads(args.threads)
-    started, load_start = time.perf_counter(), os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="pixelmill-clip-bench-") as scratch:
         tiny = ClipScorer.load(build_tiny_clip(Path(scratch) / "tiny-clip"))
         tokenizer = build_byte_tokenizer(Path(scratch))
@@ -145,10 +175,24 @@ def measure_clipscore(args: argparse.Namespace) -> Section:
     config.text_config.pad_token_id = tokenizer.pad_token_id
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = CLIPModel(config)
-    params_m = sum(p.numel() for p in model.parameters()) / 1e6
-    base = ClipScorer(model, tokenizer, size=224, crop=224, mean=CLIP_MEAN, std=CLIP_STD, name="vit-b-32 random")
-    image, prompt = photo("astronaut", size=512), "an astronaut in a white suit holding a flag, studio photo"
+        model = CLIPModel(config).to(device=device, dtype=dtype or torch.float32)
+    base = ClipScorer(model, tokenizer, size=224, crop=224, mean=CLIP_MEAN, std=CLIP_STD, device=device,
+                      name="vit-b-32 random")
+    return tiny, base, sum(p.numel() for p in model.parameters()) / 1e6
+
+
+def measure_clipscore(args: argparse.Namespace) -> Section:
+    """CLIPScore per image on the CPU (the tiny CLIP, and a ViT-B/32-size CLIPModel with random weights:
+    the real model's cost), beside audit's cheap signals (sharpness, pHash distance)."""
+    import torch
+
+    from safety.scores import phash_distance, sharpness
+    from tests.conftest import photo
+
+    torch.set_num_threads(args.threads)
+    started, load_start = time.perf_counter(), os.getloadavg()[0]
+    tiny, base, params_m = tiny_clip_and_vit_b32()
+    image, prompt = photo(CLIP_IMAGE, size=512), CLIP_PROMPT
     other = photo("coffee", size=512)
     batch = [image] * 8
 
@@ -167,17 +211,12 @@ def measure_clipscore(args: argparse.Namespace) -> Section:
                                                                  rounds=args.rounds)))
     elapsed = time.perf_counter() - started
 
-    table = markdown_table(("what, per image", "median ms", "range ms"),
-                           [(label, f"{med:.2f}", f"{low:.2f}–{high:.2f}") for label, med, low, high in rows],
-                           align="lrr")
-    command = " ".join([".venv/bin/python bench/enhance_audit.py", *sys.argv[1:]])
+    table = timing_table(("what, per image", "median ms", "range ms"), rows, align="lrr")
     block = "\n".join([
         "## CLIPScore and the cheap quality signals per image on the CPU (`bench/enhance_audit.py`, section clipscore)",
         "",
-        f"Machine: {machine()}, {args.threads} torch thread(s); load average {load_start:.1f} at the start, "
-        f"{os.getloadavg()[0]:.1f} at the end. Command: `{command}`; all figures from one run "
-        f"({time.strftime('%Y-%m-%d')}, {elapsed:.0f} s), medians of {args.rounds} calls after a warm-up "
-        f"(the 8-image call: {max(3, args.rounds // 4)}).",
+        provenance(args, threads=f"{args.threads} torch thread(s)", load_start=load_start, elapsed=elapsed)
+        + f" (the 8-image call: {max(3, args.rounds // 4)}).",
         "",
         "`workers/clip_score.py` as audit runs it (fp32, `torch.inference_mode`): the image resized and centre-"
         "cropped in torch, the prompt tokenized (77 tokens at most), both towers, the cosine. The ViT-B/32-size "

@@ -3,6 +3,8 @@
     .venv/bin/python bench/gpu_sd15.py                 # prints the table (needs a CUDA GPU; exits 2 without)
     .venv/bin/python bench/gpu_sd15.py --write-docs    # ... and writes it into docs/benchmarks.md
     .venv/bin/python bench/gpu_sd15.py --smoke         # the same code path on CPU, tiny model, in seconds
+    .venv/bin/python bench/gpu_sd15.py --depth         # ControlNet, LoRA, prompt cache at SD 1.5 size (own section)
+    .venv/bin/python bench/gpu_sd15.py --enhance-audit # face restoration per face, CLIPScore per image (own section)
 
 Needs no hub: the SD 1.5 architecture is built with random weights (bench/sd15.py; same shapes and
 kernels, so the same cost as the real model), saved with save_pretrained to a temporary folder in
@@ -45,9 +47,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from bench.common import machine, table as markdown_table, write_section  # noqa: E402
+from bench.enhance_audit import FACE_HEADER, timed_ms, timing_table  # noqa: E402
 
 SECTION = "gpu-sd15"
 DEPTH_SECTION = "gpu-sd15-depth"
+ENHANCE_AUDIT_SECTION = "gpu-enhance-audit"
 PROMPT = "a photo of an astronaut riding a horse on the moon"
 NO_GPU_EXIT = 2
 
@@ -403,6 +407,63 @@ def measure_generation_depth(setup: Setup, folder: Path, scratch: Path) -> tuple
     return results, extras_s
 
 
+# --- enhance and audit on the GPU: face restoration per face, CLIPScore per image -------------------------
+
+def measure_enhance_audit(setup: Setup) -> tuple[list[tuple], list[str]]:
+    """bench/enhance_audit.py's rows on this device: face restoration per face (workers/faces.py on the tiny
+    face models, the restorer's onnxruntime session with the CUDAExecutionProvider where onnxruntime has it)
+    and CLIPScore per image with a ViT-B/32-size random-weight CLIPModel in fp16 and fp32; (rows, notes)."""
+    from bench.enhance_audit import CLIP_IMAGE, CLIP_PROMPT, face_rows, tiny_clip_and_vit_b32, tiny_face_models
+    from tests.conftest import photo
+
+    # the smoke run (CPU, where fp16 CLIP is slow) times each row once, and batches 2 images instead of 8
+    rounds, batch_rounds, n = (1, 1, 2) if setup.smoke else (6 * setup.rounds, max(3, 6 * setup.rounds // 4), 8)
+    restorer, detector = tiny_face_models(device=setup.device)
+    provider = restorer.providers[0]
+    notes = [f"Face restoration: workers/faces.py on the tiny face models of bench/enhance_audit.py "
+             f"(workers/tiny_faces.py: a 432-weight restorer standing in for GFPGAN, a YuNet-compatible detector "
+             f"run by cv2.FaceDetectorYN on the CPU); the restorer's onnxruntime session ran on {provider}."]
+    if setup.device.startswith("cuda") and provider != "CUDAExecutionProvider":
+        notes.append("**onnxruntime here has no working CUDAExecutionProvider** (install onnxruntime-gpu in place "
+                     "of onnxruntime, README: face restoration): the restorer rows are CPU figures.")
+    rows = [(f"faces: {label}", med, low, high, per) for label, med, low, high, per in face_rows(
+        restorer, detector, rounds=rounds)]
+    image = photo(CLIP_IMAGE, size=512)
+    for dtype, name in ((torch.float16, "fp16"), (torch.float32, "fp32")):
+        _, scorer, params_m = tiny_clip_and_vit_b32(device=setup.device, dtype=dtype)
+        rows.append((f"CLIPScore, ViT-B/32 size ({params_m:.0f} M, random weights), {name}: one 512² image",
+                     *timed_ms(lambda: scorer.score(image, CLIP_PROMPT), rounds=rounds), "image"))
+        many = timed_ms(lambda: scorer.scores([image] * n, [CLIP_PROMPT] * n), rounds=batch_rounds)
+        rows.append((f"CLIPScore, ViT-B/32 size, {name}: {n} images in one call ÷ {n}", *(v / n for v in many), "image"))
+        del scorer
+    notes.append(f"CLIPScore: workers/clip_score.py's ClipScorer (preprocessing in torch, both towers, the cosine; "
+                 f"each call ends with the scores on the host) on {setup.device}; medians of {rounds} calls after "
+                 f"a warm-up (the {n}-image calls: {batch_rounds}).")
+    return rows, notes
+
+
+def enhance_audit_main(args: argparse.Namespace, setup: Setup, started: float) -> None:
+    rows, notes = measure_enhance_audit(setup)
+    table = timing_table(("what", *FACE_HEADER[1:]), rows, align="lrrl")
+    device = torch.cuda.get_device_name(0) if setup.device.startswith("cuda") else "CPU (smoke run)"
+    print()
+    print(table)
+    print("\n".join(["", *notes, f"{device}; {time.perf_counter() - started:.0f} s in all"]))
+    if args.write_docs:
+        command = " ".join([".venv/bin/python bench/gpu_sd15.py", *sys.argv[1:]])
+        write_section(ENHANCE_AUDIT_SECTION, "\n".join([
+            "## Face restoration and CLIPScore on a GPU (`bench/gpu_sd15.py --enhance-audit`)",
+            "",
+            f"Command: `{command}`; all figures from one run ({time.strftime('%Y-%m-%d')}). GPU: {device}. "
+            f"Machine: {machine()} (CUDA {torch.version.cuda}).",
+            "",
+            *notes,
+            "",
+            table,
+        ]), path=args.out)
+        print(f"written to {args.out} (section {ENHANCE_AUDIT_SECTION})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true",
@@ -418,6 +479,10 @@ def main() -> None:
                         help="measure generation depth instead (bench/generation_depth.py's rows at SD 1.5 size: "
                              "ControlNet and LoRA steps vs a plain step, LoRA load vs cached switch, prompt-cache "
                              "hit vs the text encoder); writes its own section")
+    parser.add_argument("--enhance-audit", action="store_true",
+                        help="measure enhance and audit instead: face restoration per face (onnxruntime's CUDA "
+                             "provider, the tiny restorer) and CLIPScore per image (ViT-B/32 size, fp16 and fp32); "
+                             "writes its own section")
     args = parser.parse_args()
 
     if args.smoke:
@@ -438,6 +503,9 @@ def main() -> None:
     started = time.perf_counter()
     if args.depth:
         depth_main(args, setup, started)
+        return
+    if args.enhance_audit:
+        enhance_audit_main(args, setup, started)
         return
     with tempfile.TemporaryDirectory(prefix="pixelmill-gpu-sd15-") as scratch:
         folder = build_folder(setup, Path(scratch))

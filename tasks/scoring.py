@@ -48,8 +48,10 @@ def check_quality(rt: Services, *, tenant: str, params: JobParams) -> None:
     if params.min_clipscore is not None and not has_prompt(data):
         raise QualityRefused("min_clipscore needs a diffusion job with a prompt: CLIPScore measures how well the "
                              "result matches its prompt")
+    if not has_prompt(data):
+        return  # nothing to measure with CLIP: the tenant's policy need not be read
     policy = policy_for(rt, tenant=tenant, params=data)
-    if policy is not None and policy.needs_clip and has_prompt(data):
+    if policy is not None and policy.needs_clip:
         resolve_clip(rt.settings)
 
 

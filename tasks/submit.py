@@ -78,16 +78,17 @@ def with_seed(params: JobParams) -> JobParams:
     return params.model_copy(update={"seed": secrets.randbelow(2**32)})
 
 
-def enforce_limits(rt: Services, *, tenant: str, jobs: int) -> None:
-    """Per-tenant submission rate and unfinished-job cap (429 with Retry-After beyond). A batch is
-    one submission for the rate and ``jobs`` unfinished jobs for the cap; a batch larger than the
-    cap itself could never pass, so it is refused for good (400, saying how many fit) rather than
-    told to retry."""
+def enforce_limits(rt: Services, *, tenant: str, jobs: int, priority: str) -> None:
+    """Per-tenant submission rate and unfinished-job cap (429 with Retry-After beyond), and the
+    tenant's highest priority (422), in one round trip. A batch is one submission for the rate and
+    ``jobs`` unfinished jobs for the cap; a batch larger than the cap itself could never pass, so it
+    is refused for good (400, saying how many fit) rather than told to retry."""
     limit = rt.settings.max_active_jobs
     if jobs > 1 and jobs > limit >= 1:
         raise BatchTooLarge(f"a batch of {jobs} files is more than your cap on unfinished jobs "
                             f"(PIXELMILL_MAX_ACTIVE_JOBS={limit}): send at most {limit} per batch")
-    rt.tenants.check_limits(tenant, per_minute=rt.settings.rate_limit_per_minute, adding=jobs, limit=limit)
+    highest = rt.tenants.check_limits(tenant, per_minute=rt.settings.rate_limit_per_minute, adding=jobs, limit=limit)
+    check_priority(tenant, priority=priority, highest=highest or rt.settings.max_priority)
 
 
 class PriorityNotAllowed(PixelmillError):
@@ -95,8 +96,7 @@ class PriorityNotAllowed(PixelmillError):
     status = 422
 
 
-def check_priority(rt: Services, *, tenant: str, priority: str) -> None:
-    highest = rt.tenants.max_priority(tenant, default=rt.settings.max_priority)
+def check_priority(tenant: str, *, priority: str, highest: str) -> None:
     if not level_allowed(priority, highest):
         raise PriorityNotAllowed(f"priority {priority!r} is above what this tenant may ask for ({highest!r}); "
                                  f"send priority={highest} or lower, or ask the admin "
@@ -106,9 +106,8 @@ def check_priority(rt: Services, *, tenant: str, priority: str) -> None:
 def submit_job(rt: Services, *, tenant: str, upload: Upload | RemoteInput, params: JobParams,
                deadline_s: float | None = None, webhook: Subscription | None = None) -> Job:
     params = check_params(rt.settings, apply_quality(params, rt.settings.quality_levels))  # 422 if unusable
-    check_priority(rt, tenant=tenant, priority=params.priority)
     check_quality(rt, tenant=tenant, params=params)  # 422 if its policy needs CLIP and there is none
-    enforce_limits(rt, tenant=tenant, jobs=1)
+    enforce_limits(rt, tenant=tenant, jobs=1, priority=params.priority)
     job = _prepare(rt, tenant=tenant, upload=upload, params=with_seed(params), deadline_s=deadline_s)
     if webhook is not None:  # before the job exists, so its first event already finds it
         rt.webhooks.save_subscription(job.id, webhook)
@@ -121,9 +120,8 @@ def submit_batch(rt: Services, *, tenant: str, uploads: list[Upload | RemoteInpu
                  deadline_s: float | None = None, webhook: Subscription | None = None) -> tuple[Batch, list[Job]]:
     """N jobs under one batch id. Every upload is validated before any job is written."""
     params = check_params(rt.settings, apply_quality(params, rt.settings.quality_levels))  # 422 if unusable
-    check_priority(rt, tenant=tenant, priority=params.priority)
     check_quality(rt, tenant=tenant, params=params)  # 422 if its policy needs CLIP and there is none
-    enforce_limits(rt, tenant=tenant, jobs=len(uploads))
+    enforce_limits(rt, tenant=tenant, jobs=len(uploads), priority=params.priority)
     batch_id = new_id()
     jobs = [
         _prepare(rt, tenant=tenant, upload=upload, params=with_seed(params), batch_id=batch_id, deadline_s=deadline_s)

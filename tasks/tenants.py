@@ -184,16 +184,19 @@ class TenantStore:
         self.redis.set(store_key("tenant", tenant, "max_priority"), level)
 
     # --- limits ----------------------------------------------------------------------------
-    def check_limits(self, tenant: str, *, per_minute: int, adding: int, limit: int) -> None:
+    def check_limits(self, tenant: str, *, per_minute: int, adding: int, limit: int) -> str | None:
         """Count one submission in this minute's window and refuse past ``per_minute``; refuse
-        ``adding`` jobs that would take the tenant's unfinished jobs past ``limit``. One round trip."""
+        ``adding`` jobs that would take the tenant's unfinished jobs past ``limit``. One round trip,
+        which also returns the highest priority the admin set for the tenant (None: the default),
+        for the caller to check."""
         window = int(time.time() // 60)
         name = store_key("rate", tenant, str(window))
         with self.redis.pipeline() as pipe:
             pipe.incr(name)
             pipe.expire(name, 120)
             pipe.scard(store_key("active", tenant))
-            count, _, active = pipe.execute()
+            pipe.get(store_key("tenant", tenant, "max_priority"))
+            count, _, active, highest = pipe.execute()
         if count > per_minute:
             retry_after = max(1, 60 - int(time.time() % 60))
             raise RateLimited(f"more than {per_minute} submissions this minute (PIXELMILL_RATE_LIMIT_PER_MINUTE; "
@@ -204,3 +207,4 @@ class TenantStore:
                 "PIXELMILL_MAX_ACTIVE_JOBS); wait for some to finish",
                 retry_after=30,
             )
+        return highest.decode() if highest else None

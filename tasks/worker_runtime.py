@@ -15,6 +15,7 @@ from cache.policy import check_memory_policy
 from safety.nsfw import get_classifier
 from tasks.batching import GenerateBatcher
 from tasks.engine_backend import cpu_backend_options
+from tasks.errors import PixelmillError
 from tasks.jobs import JobParams
 from tasks.models import resolve_clip, resolve_depth, resolve_model
 from tasks.quality import queue_dtype
@@ -22,6 +23,7 @@ from tasks.services import Services
 from tasks.settings import get_settings
 from workers import residency
 from workers.diffusion import EngineOptions
+from workers.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +94,18 @@ class WorkerRuntime(Services):
         return load_scorer(path=str(entry.path), fingerprint=entry.fingerprint,
                            device=residency.pick_device(self.settings.device))
 
+    def warm_clip(self) -> None:
+        """Load the CLIP model (PIXELMILL_CLIP_MODEL) before taking work, so the first audit does not pay
+        for it. One that cannot be loaded is logged, not fatal: audit tries again, and fails only the
+        jobs whose quality policy needs the score."""
+        try:
+            scorer = self.clip_scorer()
+        except (PixelmillError, EngineError) as e:
+            log.warning("CLIP model not loaded at start: %s", e)
+            return
+        if scorer is not None:
+            log.info("CLIP model %s resident on %s", scorer.name, scorer.device)
+
     def loaded_diffusion(self) -> residency.LoadedDiffusion | None:
         """The diffusion model this process used last, if it holds one (never loads)."""
         return residency.latest()
@@ -102,10 +116,11 @@ class WorkerRuntime(Services):
         return self._batcher
 
     def warm_up(self, *, batching: bool = False, queues: list[str] | None = None) -> None:
-        """Before the process takes work: the classifier, the diffusion model (when preloading) at
-        each dtype the ``queues`` it consumes ask for, one small generation through each, and the
-        batcher when this process batches."""
+        """Before the process takes work: the classifier and the CLIP model (audit's), the diffusion
+        model (when preloading) at each dtype the ``queues`` it consumes ask for, one small generation
+        through each, and the batcher when this process batches."""
         get_classifier()  # every worker may audit: load the classifier before taking work
+        self.warm_clip()
         report = check_memory_policy(self.cache_backend, shared_with_broker=self.settings.cache_redis() == self.settings.broker())
         for problem in report.problems:
             log.warning("latent cache: %s", problem)

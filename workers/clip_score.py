@@ -30,6 +30,7 @@ class ClipScorer:
     def __init__(self, model: torch.nn.Module, tokenizer, *, size: int, crop: int, mean: tuple[float, ...],
                  std: tuple[float, ...], device: str = "cpu", name: str = "") -> None:
         self._model = model.eval()
+        self.dtype = next(model.parameters()).dtype  # the pixels go in at the model's (fp32, or fp16 on a GPU)
         self._tokenizer = tokenizer
         self.size, self.crop, self.device, self.name = size, crop, device, name
         self._mean = torch.tensor(mean).view(1, 3, 1, 1)
@@ -71,7 +72,7 @@ class ClipScorer:
             x = F.interpolate(x, size=resized, mode="bicubic", align_corners=False).clamp(0, 1)
             top, left = (resized[0] - self.crop) // 2, (resized[1] - self.crop) // 2
             batch.append(x[:, :, top:top + self.crop, left:left + self.crop])
-        return ((torch.cat(batch) - self._mean) / self._std).to(self.device)
+        return ((torch.cat(batch) - self._mean) / self._std).to(self.device, self.dtype)
 
     def cosines(self, images: list[np.ndarray], prompts: list[str]) -> list[float]:
         """cos(image_i, prompt_i) of CLIP's normalised projected embeddings."""

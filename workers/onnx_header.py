@@ -7,11 +7,12 @@ The library tells a face detector from a face restorer with it, at listing time 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+from workers.file_cache import FileCache
 
 _CACHE_SIZE = 64
 _MODEL_GRAPH, _MODEL_PRODUCER = 7, 2
@@ -41,33 +42,22 @@ class Signature:
         return {t.name for t in self.outputs}
 
 
-_cache: dict[tuple[str, int, int], Signature] = {}
-_lock = threading.Lock()
+_cache: FileCache[Signature] = FileCache(_CACHE_SIZE, error=OnnxError)
 
 
 def read_signature(path: str | Path) -> Signature:
     """The inputs and outputs of the ONNX model at ``path``; cached by path, size and mtime."""
-    target = Path(path)
-    try:
-        stat = target.stat()
-    except OSError as e:
-        raise OnnxError(f"cannot read {target}: {e.strerror or e}") from e
-    key = (str(target.resolve()), stat.st_size, stat.st_mtime_ns)
-    with _lock:
-        if key in _cache:
-            return _cache[key]
+    return _cache.get(path, _read_signature)
+
+
+def _read_signature(target: Path, size: int) -> Signature:
     try:
         with target.open("rb") as f:
-            signature = _model(f, stat.st_size)
+            return _model(f, size)
     except OSError as e:
         raise OnnxError(f"cannot read {target}: {e.strerror or e}") from e
     except (EOFError, ValueError, UnicodeDecodeError) as e:
         raise OnnxError(f"{target.name} is not an ONNX model ({e})") from e
-    with _lock:
-        if len(_cache) >= _CACHE_SIZE:
-            _cache.pop(next(iter(_cache)))
-        _cache[key] = signature
-    return signature
 
 
 # --- the protobuf walk ------------------------------------------------------------------------------

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import struct
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from workers.file_cache import FileCache
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 _CACHE_SIZE = 256
@@ -30,27 +31,12 @@ class Header:
         return list(self.shapes)
 
 
-_cache: dict[tuple[str, int, int], Header] = {}
-_lock = threading.Lock()
+_cache: FileCache[Header] = FileCache(_CACHE_SIZE, error=HeaderError)
 
 
 def read_header(path: str | Path) -> Header:
     """The tensors' names and shapes and the metadata of ``path``; cached by path, size and mtime."""
-    target = Path(path)
-    try:
-        stat = target.stat()
-    except OSError as e:
-        raise HeaderError(f"cannot read {target}: {e.strerror or e}") from e
-    key = (str(target.resolve()), stat.st_size, stat.st_mtime_ns)
-    with _lock:
-        if key in _cache:
-            return _cache[key]
-    header = _parse(target, size=stat.st_size)
-    with _lock:
-        if len(_cache) >= _CACHE_SIZE:
-            _cache.pop(next(iter(_cache)))
-        _cache[key] = header
-    return header
+    return _cache.get(path, lambda target, size: _parse(target, size=size))
 
 
 def _parse(path: Path, *, size: int) -> Header:

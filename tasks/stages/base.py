@@ -25,6 +25,7 @@ from tasks import leases
 from tasks.jobs import Job, JobStatus
 from tasks.pipeline import enqueue_from
 from tasks.priority import base_of
+from tasks.recent_images import RecentImages
 from tasks.settings import STAGES
 from tasks.metrics import stage_metrics
 from tasks.worker_runtime import WorkerRuntime, get_worker_runtime
@@ -226,9 +227,19 @@ def _fail(rt: WorkerRuntime, job_id: str, *, code: str, message: str) -> None:
         log.warning("could not mark job %s failed: %s", job_id, e)
 
 
+_recent = RecentImages()  # this process's last images, decoded (tasks.recent_images)
+
+
 def load_image(rt: WorkerRuntime, ref: str) -> np.ndarray:
-    return decode_png(rt.blobs.fetch(ref))
+    """A stored image, decoded (read-only): from this process's recent images when it saved or
+    loaded it lately, else from the blob store."""
+    image = _recent.get(ref)
+    if image is None:
+        image = _recent.put(ref, decode_png(rt.blobs.fetch(ref)))
+    return image
 
 
 def save_image(rt: WorkerRuntime, image: np.ndarray) -> str:
-    return rt.blobs.save(encode_png(image), ext="png")
+    ref = rt.blobs.save(encode_png(image), ext="png")
+    _recent.put(ref, image)  # the next stage of the job, in this process, reads it without decoding
+    return ref

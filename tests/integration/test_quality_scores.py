@@ -77,6 +77,17 @@ def _run(client, headers, image: bytes, **fields) -> dict:
                         response.get_json()["id"], timeout_s=240)
 
 
+def _page(app, headers, job_id: str) -> str:
+    """The job's page, for the tenant of ``headers`` (pages take a login session, not a header)."""
+    client = app.test_client()
+    key = app.extensions["pixelmill"].tenants.resolve(headers["Authorization"].removeprefix("Bearer "))
+    with client.session_transaction() as session:
+        session["tenant"], session["key_id"] = key.tenant, key.id
+    response = client.get(f"/jobs/{job_id}")
+    assert response.status_code == 200
+    return response.get_data(as_text=True)
+
+
 def _completed(receiver: Receiver, job_id: str, *, timeout_s: float = 30) -> list:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -145,6 +156,18 @@ def test_a_regenerate_policy_retries_with_new_seeds_keeps_the_best_and_records_e
 
     events = [r.payload["type"] for r in _completed(receiver, job["id"])]
     assert events.count("job.completed") == 1 and events.count("job.started") == 1, events
+
+    page = _page(secure_app, headers, job["id"])  # the scores, the judgement and every attempt on the job page
+    audit_line = page[page.index('id="audit"'):page.index("</div>", page.index('id="audit"'))]
+    assert f"CLIPScore {best['scores']['clipscore']:.2f}" in audit_line and "sharpness" in audit_line
+    assert "pHash distance" in audit_line
+    assert 'id="quality"' in page and "<strong>flag</strong>" in page and quality["reason"] in page
+    assert f"kept attempt {best['attempt']}" in page
+    rows = [row.split("</tr>")[0] for row in page.split("<tr data-attempt=")[1:]]
+    assert len(rows) == 3 and all(f"<code>{a['seed']}</code>" in row and a["outcome"] in row
+                                  and f"CLIPScore {a['scores']['clipscore']:.2f}" in row
+                                  for a, row in zip(attempts, rows, strict=True))
+    assert ["<strong>kept</strong>" in row for row in rows] == [a["kept"] for a in attempts]
 
 
 def test_a_flag_policy_flags_and_a_fail_policy_fails_with_its_code(secure_app, tenants, workers) -> None:

@@ -193,6 +193,23 @@ def test_the_library_tells_restorers_from_detectors(face_dir: Path, tmp_path: Pa
     assert entries["tiny-yunet"].public()["role"] == "detector"
 
 
+def test_the_header_cache_reads_a_file_again_once_it_changes(tmp_path: Path) -> None:
+    from workers.file_cache import FileCache
+
+    cache, reads = FileCache(2, error=OnnxError), []
+
+    def read(path: Path, size: int) -> bytes:
+        reads.append(size)
+        return path.read_bytes()
+
+    model = tmp_path / "a.onnx"
+    model.write_bytes(b"one")
+    assert cache.get(model, read) == cache.get(model, read) == b"one" and reads == [3]
+    model.write_bytes(b"three")
+    assert cache.get(model, read) == b"three" and reads == [3, 5]
+    with pytest.raises(OnnxError, match="cannot read"):
+        cache.get(tmp_path / "missing.onnx", read)
+
 def test_face_restore_is_refused_at_submit_naming_the_missing_setting(face_dir: Path) -> None:
     params = JobParams(face_restore=0.5)
     with pytest.raises(ModelRefused, match="PIXELMILL_FACE_RESTORER") as refused:

@@ -59,12 +59,53 @@ def test_the_preprocessing_crops_to_the_model_size(scorer) -> None:
     assert tuple(pixels.shape) == (1, 3, 32, 32)
 
 
+def test_a_half_precision_model_gets_its_pixels_in_its_dtype(tiny_clip, scorer) -> None:
+    import torch
+    from transformers import CLIPModel, CLIPTokenizer
+
+    from workers.clip_score import CLIP_MEAN, CLIP_STD, ClipScorer
+
+    half = ClipScorer(CLIPModel.from_pretrained(tiny_clip).to(torch.float16), CLIPTokenizer.from_pretrained(tiny_clip),
+                      size=32, crop=32, mean=CLIP_MEAN, std=CLIP_STD)  # as bench/gpu_sd15.py runs it in fp16
+    image = photo("astronaut", size=64)
+    assert half.pixels([image]).dtype == torch.float16
+    assert half.score(image, "an astronaut") == pytest.approx(scorer.score(image, "an astronaut"), abs=1.0)
+
+
 def test_a_loaded_scorer_is_cached_per_process(tiny_clip) -> None:
     from workers.clip_score import load_scorer
 
     first = load_scorer(path=str(tiny_clip), fingerprint="a")
     assert load_scorer(path=str(tiny_clip), fingerprint="a") is first
     assert load_scorer(path=str(tiny_clip), fingerprint="b") is not first  # its files changed: loaded again
+
+
+def test_worker_warm_up_loads_the_clip_model_so_the_first_audit_does_not(tiny_clip, tmp_path, monkeypatch,
+                                                                        caplog) -> None:
+    from types import SimpleNamespace
+
+    import tasks.worker_runtime as worker_runtime
+    from tasks.settings import Settings
+    from workers.clip_score import load_scorer
+
+    (tmp_path / "clip").mkdir()
+    (tmp_path / "clip" / "tiny-clip").symlink_to(tiny_clip, target_is_directory=True)
+    monkeypatch.setattr(worker_runtime, "get_classifier", lambda: None)  # the NSFW model: not this test's
+    monkeypatch.setattr(worker_runtime, "check_memory_policy", lambda *a, **k: SimpleNamespace(problems=[]))  # Redis
+    load_scorer.cache_clear()
+    worker_runtime.WorkerRuntime(Settings(models_dir=tmp_path, clip_model="", preload_models=False)).warm_up()
+    assert load_scorer.cache_info().currsize == 0  # none configured: nothing loaded
+    rt = worker_runtime.WorkerRuntime(Settings(models_dir=tmp_path, clip_model="tiny-clip", preload_models=False))
+    rt.warm_up()
+    loaded = load_scorer.cache_info()
+    assert loaded.currsize == 1 and loaded.misses == 1
+    assert rt.clip_scorer().name == "tiny-clip"  # what audit asks for: already resident
+    assert load_scorer.cache_info().misses == 1 and load_scorer.cache_info().hits == loaded.hits + 1
+
+    broken = worker_runtime.WorkerRuntime(Settings(models_dir=tmp_path, clip_model="nope", preload_models=False))
+    with caplog.at_level("WARNING", logger="tasks.worker_runtime"):
+        broken.warm_up()  # a CLIP model that cannot be loaded does not keep the worker from starting
+    assert "CLIP model not loaded at start" in caplog.text and "PIXELMILL_CLIP_MODEL" in caplog.text
 
 
 def test_a_folder_that_is_no_clip_model_says_where_to_put_one(tmp_path) -> None:

@@ -6,6 +6,10 @@
   const root = document.getElementById('job');
   const TERMINAL = ['succeeded', 'failed', 'blocked', 'canceled'];
   const $ = (id) => document.getElementById(id);
+  // the quality scores as job.html's quality_scores macro writes them
+  const qualityScores = (s) => [s.clipscore !== undefined && `CLIPScore ${s.clipscore.toFixed(2)}`,
+    s.sharpness !== undefined && `sharpness ${s.sharpness.toFixed(1)}`,
+    s.phash_distance !== undefined && `pHash distance ${Math.trunc(s.phash_distance)}`].filter(Boolean);
   let current = { status: root.dataset.status };
   // widths come as data-width: the CSP (web/auth.py) refuses inline style attributes, not script
   for (const bar of root.querySelectorAll('.bar[data-width]')) bar.style.width = bar.dataset.width + '%';
@@ -35,7 +39,8 @@
       $('audit').hidden = false;
       const score = job.audit.scores ? [`NSFW score ${job.audit.scores.nsfw.toFixed(3)} (${job.audit.model})`] : [];
       $('audit').innerHTML = 'Audit: <strong></strong>';
-      $('audit').append([...score, ...(job.audit.reasons || [])].map(r => ' · ' + r).join(''));
+      $('audit').append([...score, ...qualityScores(job.audit.scores || {}), ...(job.audit.reasons || [])]
+        .map(r => ' · ' + r).join(''));
       $('audit').querySelector('strong').textContent = job.audit.verdict;
     }
     renderCost(job.cost);
