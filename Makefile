@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install test-deps run test test-unit test-integration test-e2e test-faults tiny-model bench bench-orchestration bench-diffusion bench-engine-options bench-pipeline bench-cache bench-depth bench-enhance-audit bench-cpu-backends clean
+.PHONY: install test-deps run test test-unit test-integration test-e2e test-faults tiny-model bench bench-orchestration bench-diffusion bench-engine-options bench-pipeline bench-cache bench-depth bench-enhance-audit bench-cpu-backends bench-submit clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,7 +50,7 @@ test-e2e: test-deps
 test-faults: install  ## fault injection only: killed workers, Redis restart, cancel, reaper (Redis and RabbitMQ brokers)
 	$(BIN)/python -m pytest -m faults tests/faults
 
-bench: bench-orchestration bench-diffusion bench-engine-options bench-cache bench-pipeline bench-depth bench-enhance-audit bench-cpu-backends  ## all of them, ~16 min on 2 cores; each writes its section of docs/benchmarks.md
+bench: bench-orchestration bench-submit bench-diffusion bench-engine-options bench-cache bench-pipeline bench-depth bench-enhance-audit bench-cpu-backends  ## all of them, ~16 min on 2 cores; each writes its section of docs/benchmarks.md
 
 bench-orchestration: install  ## the pipeline with no-op engines vs a plain Celery chain of 4 no-op tasks: p50/p99, jobs/s
 	$(BIN)/python bench/orchestration.py
@@ -65,6 +65,9 @@ bench-gpu: install  ## SD 1.5-size, fp16, on a CUDA GPU: raw diffusers vs engine
 	$(BIN)/python bench/gpu_sd15.py --write-docs
 	$(BIN)/python bench/gpu_sd15.py --depth --write-docs
 	$(BIN)/python bench/gpu_sd15.py --enhance-audit --write-docs
+
+bench-submit: install  ## 50 clients posting to a `pixelmill up` stack vs a plain Flask app: p50/p99, submits/s, web CPU per submit
+	$(BIN)/python bench/submit_load.py
 
 bench-pipeline: install  ## style jobs through pixelmill vs the same engines in one process
 	$(BIN)/python bench/pipeline_overhead.py
