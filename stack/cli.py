@@ -257,14 +257,10 @@ def _models_convert(args: argparse.Namespace) -> int:
     import logging
 
     from tasks.engine_backend import convert_ahead
-    from tasks.settings import get_settings
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = get_settings()
-    if args.model:
-        settings = settings.model_copy(update={"diffusion_model": args.model})
-    if not settings.diffusion_model:
-        print("pixelmill: no model to convert: pass --model or set PIXELMILL_DIFFUSION_MODEL", file=sys.stderr)
+    settings = service_cli.settings_with_model(args.model, doing="convert")
+    if settings is None:
         return 2
     done = convert_ahead(settings)
     if not done["ok"]:

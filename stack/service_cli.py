@@ -49,19 +49,29 @@ def add_arguments(sub: argparse._SubParsersAction) -> None:
     beat.add_argument("--loglevel", default="INFO")
 
 
+def settings_with_model(model: str | None, *, doing: str):
+    """The settings with ``--model`` in place of PIXELMILL_DIFFUSION_MODEL; None (said on stderr) when
+    neither names a model."""
+    from tasks.settings import get_settings
+
+    settings = get_settings()
+    if model:
+        settings = settings.model_copy(update={"diffusion_model": model})
+    if not settings.diffusion_model:
+        print(f"pixelmill: no model to {doing}: pass --model or set PIXELMILL_DIFFUSION_MODEL", file=sys.stderr)
+        return None
+    return settings
+
+
 def _autotune(args: argparse.Namespace) -> int:
     import logging
 
     from tasks.autotune import run_autotune
     from tasks.jobs import JobParams
-    from tasks.settings import get_settings
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    settings = get_settings()
-    if args.model:
-        settings = settings.model_copy(update={"diffusion_model": args.model})
-    if not settings.diffusion_model:
-        print("pixelmill: no model to tune: pass --model or set PIXELMILL_DIFFUSION_MODEL", file=sys.stderr)
+    settings = settings_with_model(args.model, doing="tune")
+    if settings is None:
         return 2
     size = args.size or JobParams.model_fields["size"].default
     steps = args.steps or JobParams.model_fields["steps"].default
