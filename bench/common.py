@@ -16,6 +16,8 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from workers.autotune import percentile  # noqa: E402,F401 — the one definition, autotune's p95 too
+
 
 def machine() -> str:
     """"2-core Intel(R) Xeon(R) …, no GPU, torch 2.13.0+cpu" — named in every table."""
@@ -28,17 +30,6 @@ def machine() -> str:
                     if line.startswith("model name")), cpu)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{os.cpu_count()}-core {cpu}, {gpu}, torch {torch.__version__}"
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (0–100), linear between closest ranks."""
-    ordered = sorted(values)
-    if len(ordered) == 1:
-        return ordered[0]
-    rank = (len(ordered) - 1) * q / 100
-    low = int(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def median(values: list[float]) -> float:
