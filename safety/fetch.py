@@ -30,8 +30,8 @@ from functools import partial
 from urllib.parse import urljoin, urlsplit
 
 from safety.errors import SafetyError
-from safety.outbound import (MAX_URL_LENGTH, CheckedTarget, OutboundRefused, Resolver, UnresolvableHost,
-                             _connection, _set_timeout, check_url)
+from safety.outbound import (MAX_URL_LENGTH, CheckedTarget, NotConnected, OutboundRefused, Resolver,
+                             UnresolvableHost, _set_timeout, check_url, connect_first)
 
 MAX_REDIRECTS = 3
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
@@ -121,46 +121,35 @@ def _get(target: CheckedTarget, *, deadline: float, timeout_s: float, max_bytes:
          ssl_context: ssl.SSLContext | None) -> tuple[int, dict[str, str], bytes]:
     """One GET to the checked addresses (the first that accepts the connection). A redirect's body
     is not read; any other body is read up to ``max_bytes``."""
-    last_error: Exception | None = None
-    for address in target.addresses:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        conn = _connection(target, address, timeout=remaining, ssl_context=ssl_context)
-        try:
-            try:
-                conn.connect()
-            except ssl.SSLError as e:
-                raise FetchFailed("input_unreachable", f"TLS with {target.host_header} failed: {e}") from e
-            except (ConnectionError, OSError) as e:
-                if isinstance(e, (socket.timeout, TimeoutError)):
-                    raise
-                last_error = e
-                continue  # the next address
-            conn.request("GET", target.path, headers={
-                "Host": target.host_header, "User-Agent": USER_AGENT, "Accept-Encoding": "identity",
-                "Accept": "image/png, image/jpeg, image/webp, */*;q=0.5", "Connection": "close"})
-            _set_timeout(conn, deadline)
-            response = conn.getresponse()
-            headers = {k.lower(): v for k, v in response.getheaders()}
-            if response.status in REDIRECTS or not 200 <= response.status < 300:
-                return response.status, headers, b""
-            return response.status, headers, _read_capped(conn, response, target=target, max_bytes=max_bytes,
-                                                          deadline=deadline)
-        except FetchFailed:
-            raise
-        except (socket.timeout, TimeoutError) as e:
-            raise FetchFailed("input_unreachable", f"no answer from {target.host_header} within {timeout_s:g} s "
-                                                   "(PIXELMILL_INPUT_FETCH_TIMEOUT_S)") from e
-        except ssl.SSLError as e:
-            raise FetchFailed("input_unreachable", f"TLS with {target.host_header} failed: {e}") from e
-        except (http.client.HTTPException, OSError) as e:
-            raise FetchFailed("input_unreachable", f"{target.host_header}: {type(e).__name__}: {e}") from e
-        finally:
+    conn: http.client.HTTPConnection | None = None
+    try:
+        conn, _ = connect_first(target, deadline=deadline, ssl_context=ssl_context, tls_errors_end=True)
+        conn.request("GET", target.path, headers={
+            "Host": target.host_header, "User-Agent": USER_AGENT, "Accept-Encoding": "identity",
+            "Accept": "image/png, image/jpeg, image/webp, */*;q=0.5", "Connection": "close"})
+        _set_timeout(conn, deadline)
+        response = conn.getresponse()
+        headers = {k.lower(): v for k, v in response.getheaders()}
+        if response.status in REDIRECTS or not 200 <= response.status < 300:
+            return response.status, headers, b""
+        return response.status, headers, _read_capped(conn, response, target=target, max_bytes=max_bytes,
+                                                      deadline=deadline)
+    except FetchFailed:
+        raise
+    except NotConnected as e:
+        if e.last_error is None:
+            raise FetchFailed("input_unreachable", f"no answer from {target.host_header} within {timeout_s:g} s") from e
+        raise FetchFailed("input_unreachable", f"could not connect to {target.host_header}: {e.last_error}") from e
+    except (socket.timeout, TimeoutError) as e:
+        raise FetchFailed("input_unreachable", f"no answer from {target.host_header} within {timeout_s:g} s "
+                                               "(PIXELMILL_INPUT_FETCH_TIMEOUT_S)") from e
+    except ssl.SSLError as e:
+        raise FetchFailed("input_unreachable", f"TLS with {target.host_header} failed: {e}") from e
+    except (http.client.HTTPException, OSError) as e:
+        raise FetchFailed("input_unreachable", f"{target.host_header}: {type(e).__name__}: {e}") from e
+    finally:
+        if conn is not None:
             conn.close()
-    if last_error is None:
-        raise FetchFailed("input_unreachable", f"no answer from {target.host_header} within {timeout_s:g} s")
-    raise FetchFailed("input_unreachable", f"could not connect to {target.host_header}: {last_error}")
 
 
 def _read_capped(conn: http.client.HTTPConnection, response: http.client.HTTPResponse, *, target: CheckedTarget,

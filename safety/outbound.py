@@ -219,6 +219,47 @@ def post(target: CheckedTarget, *, body: bytes, headers: dict[str, str], timeout
     """
     started = time.monotonic()
     deadline = started + timeout_s
+    conn: http.client.HTTPConnection | None = None
+    try:
+        conn, address = connect_first(target, deadline=deadline, ssl_context=ssl_context)
+        conn.request("POST", target.path, body=body, headers={**headers, "Host": target.host_header})
+        _set_timeout(conn, deadline)
+        response = conn.getresponse()
+        data, truncated = _read_capped(conn, response, cap=max_response_bytes, deadline=deadline)
+        return Response(status=response.status,
+                        headers={k.lower(): v for k, v in response.getheaders()},
+                        body=data, truncated=truncated, latency_s=time.monotonic() - started,
+                        address=address)
+    except NotConnected as e:
+        if e.last_error is None:
+            raise OutboundError(f"no answer from {target.host_header} within {timeout_s:g} s", timeout=True) from e
+        raise OutboundError(f"could not connect to {target.host_header}: {e.last_error}") from e.last_error
+    except (socket.timeout, TimeoutError) as e:
+        raise OutboundError(f"no answer from {target.host_header} within {timeout_s:g} s", timeout=True) from e
+    except ssl.SSLError as e:
+        raise OutboundError(f"TLS with {target.host_header} failed: {e}") from e
+    except (http.client.HTTPException, OSError) as e:
+        raise OutboundError(f"{target.host_header}: {type(e).__name__}: {e}") from e
+    finally:
+        if conn is not None:
+            conn.close()
+
+
+class NotConnected(Exception):
+    """No checked address accepted a connection before the deadline; ``last_error`` is the last
+    refusal (None: the time ran out before any attempt)."""
+
+    def __init__(self, last_error: Exception | None) -> None:
+        super().__init__(str(last_error or "no time left to connect"))
+        self.last_error = last_error
+
+
+def connect_first(target: CheckedTarget, *, deadline: float, ssl_context: ssl.SSLContext | None,
+                  tls_errors_end: bool = False) -> tuple[http.client.HTTPConnection, str]:
+    """A connection to the first of the checked addresses that accepts one before ``deadline``, and
+    that address. A refused connection moves on to the next address (a failed TLS handshake too,
+    unless ``tls_errors_end``: then ``ssl.SSLError`` is raised); a timeout is raised as it comes;
+    ``NotConnected`` when no address is left. The caller closes the connection."""
     last_error: Exception | None = None
     for address in target.addresses:
         remaining = deadline - time.monotonic()
@@ -226,32 +267,20 @@ def post(target: CheckedTarget, *, body: bytes, headers: dict[str, str], timeout
             break
         conn = _connection(target, address, timeout=remaining, ssl_context=ssl_context)
         try:
-            try:
-                conn.connect()
-            except (ConnectionError, OSError) as e:
-                if isinstance(e, (socket.timeout, TimeoutError)):
-                    raise
-                last_error = e
-                continue  # next address
-            conn.request("POST", target.path, body=body, headers={**headers, "Host": target.host_header})
-            _set_timeout(conn, deadline)
-            response = conn.getresponse()
-            data, truncated = _read_capped(conn, response, cap=max_response_bytes, deadline=deadline)
-            return Response(status=response.status,
-                            headers={k.lower(): v for k, v in response.getheaders()},
-                            body=data, truncated=truncated, latency_s=time.monotonic() - started,
-                            address=address)
-        except (socket.timeout, TimeoutError) as e:
-            raise OutboundError(f"no answer from {target.host_header} within {timeout_s:g} s", timeout=True) from e
+            conn.connect()
         except ssl.SSLError as e:
-            raise OutboundError(f"TLS with {target.host_header} failed: {e}") from e
-        except (http.client.HTTPException, OSError) as e:
-            raise OutboundError(f"{target.host_header}: {type(e).__name__}: {e}") from e
-        finally:
             conn.close()
-    if last_error is None:
-        raise OutboundError(f"no answer from {target.host_header} within {timeout_s:g} s", timeout=True)
-    raise OutboundError(f"could not connect to {target.host_header}: {last_error}") from last_error
+            if tls_errors_end:
+                raise
+            last_error = e
+        except (ConnectionError, OSError) as e:
+            conn.close()
+            if isinstance(e, (socket.timeout, TimeoutError)):
+                raise
+            last_error = e
+        else:
+            return conn, address
+    raise NotConnected(last_error)
 
 
 def _connection(target: CheckedTarget, address: str, *, timeout: float,
