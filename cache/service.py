@@ -259,13 +259,8 @@ class LatentCache:
     def fetch_result(self, key: str, *, scope_token: str, is_usable: Callable[[StoredResult], bool],
                      stage: str = "generate") -> StoredResult | None:
         """A stored result for ``key`` that ``is_usable`` (e.g. its blob still exists), else None."""
-        found = self.results.fetch(token=scope_token, key=key)
-        if found is not None and not is_usable(found):
-            self.results.drop(token=scope_token, key=key)
-            found = None
-        counter = "hits" if found else "misses"
-        self.stats.record([Event(stage, "results", counter), Event(stage, "lookup", counter)], scope_token=scope_token)
-        return found
+        return self._fetch_usable(self.results, key, scope_token=scope_token, is_usable=is_usable, stage=stage,
+                                  tier="results")
 
     def save_result(self, key: str, *, scope_token: str, generated: str, job_id: str) -> bool:
         return self.results.save(token=scope_token, key=key, generated=generated, job_id=job_id)
@@ -313,16 +308,23 @@ class LatentCache:
     def fetch_control(self, key: str, *, scope_token: str, is_usable: Callable[[str], bool],
                       stage: str = "control") -> str | None:
         """The blob reference of a control map computed before from the same pixels, else None."""
-        ref = self.controls.fetch(token=scope_token, key=key)
-        if ref is not None and not is_usable(ref):
-            self.controls.drop(token=scope_token, key=key)
-            ref = None
-        counter = "hits" if ref else "misses"
-        self.stats.record([Event(stage, "redis", counter), Event(stage, "lookup", counter)], scope_token=scope_token)
-        return ref
+        return self._fetch_usable(self.controls, key, scope_token=scope_token, is_usable=is_usable, stage=stage,
+                                  tier="redis")
 
     def save_control(self, key: str, *, scope_token: str, ref: str) -> bool:
         return self.controls.save(token=scope_token, key=key, ref=ref)
+
+    def _fetch_usable(self, store: Any, key: str, *, scope_token: str, is_usable: Callable[[Any], bool],
+                      stage: str, tier: str) -> Any:
+        """What ``store`` holds for ``key`` when ``is_usable`` says it still is (else it is dropped:
+        None), counted as a hit or a miss of ``tier`` and of the lookup."""
+        found = store.fetch(token=scope_token, key=key)
+        if found is not None and not is_usable(found):
+            store.drop(token=scope_token, key=key)
+            found = None
+        counter = "hits" if found else "misses"
+        self.stats.record([Event(stage, tier, counter), Event(stage, "lookup", counter)], scope_token=scope_token)
+        return found
 
 
 def _generation_key(scope: Scope) -> str:
