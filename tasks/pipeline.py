@@ -1,9 +1,23 @@
-"""The chain builder and the routing policy: the only places that know the stage order
-and which queue runs what."""
+"""The stage order's hand-offs and the routing policy: the only places that know the stage order
+and which queue runs what.
+
+A job's four stages are four Celery tasks on their own queues; each message carries only the job
+id. Each stage, when it finishes, hands the job to the next: the next stage's message is pushed
+onto its queue in the same transition that writes this stage's done marker (``handoff``), when the
+broker is the job store's Redis (the default). So a stage is never done with its successor
+unsent, and a hop costs no publish of its own. With another broker (RabbitMQ), the message is
+published through Celery right after the transition; if that publish is lost, the reaper sends
+the stage again once it has waited stage_deadline_s.
+"""
 
 from __future__ import annotations
 
-from celery import chain
+import base64
+import uuid
+from dataclasses import dataclass
+
+import orjson
+from kombu.serialization import dumps
 
 from tasks.celery_app import app, stage_task_name
 from tasks.jobs import Job
@@ -33,39 +47,83 @@ def route_for(stage: str, engine: str, *, overrides: dict[str, str] | None = Non
     raise KeyError(f"no route for stage {stage!r} and engine {engine!r}")
 
 
-def build_chain(job: Job, settings: Settings, *, start: str = STAGES[0]) -> chain:
-    """encode → generate → enhance → audit (or its tail from ``start``), as immutable
-    signatures carrying only the job id. Tasks are named, not imported: the process that
-    enqueues (web, reaper) never loads the engines the stages run."""
+def stage_queue(job: Job, stage: str, settings: Settings) -> str:
+    """The queue of ``stage`` for this job: its quality level's, else the route's, at its priority."""
     engine, level = job.params["engine"], job.params.get("priority", "normal")
-    headers = {JOB_CREATED_HEADER: job.created_at}  # the starvation guard promotes by age (tasks.priority)
-    return chain(
-        app.signature(stage_task_name(stage), args=(job.id,), immutable=True, headers=headers,
-                      queue=queue_for(quality_queue(job.params, stage, settings.quality_levels)
-                                      or route_for(stage, engine, overrides=settings.routes), level))
-        for stage in STAGES[STAGES.index(start):]
-    )
+    return queue_for(quality_queue(job.params, stage, settings.quality_levels)
+                     or route_for(stage, engine, overrides=settings.routes), level)
+
+
+def next_stage(stage: str) -> str | None:
+    index = STAGES.index(stage) + 1
+    return STAGES[index] if index < len(STAGES) else None
+
+
+@dataclass(frozen=True)
+class StageMessage:
+    """A stage task's message as Celery's Redis transport keeps it in a queue's list: kombu's
+    envelope (headers, properties, the JSON body in base64). Pushed with LPUSH, it is consumed as
+    any message Celery published (a priority-0 message's list is the queue's name)."""
+
+    queue: str
+    payload: bytes
+
+
+def stage_message(job: Job, stage: str, settings: Settings, *, parent_id: str | None = None) -> StageMessage:
+    """The message that runs ``stage`` of ``job``: Celery's own task message (protocol 2, built by
+    ``app.amqp``), in the envelope its Redis transport writes."""
+    task_id = str(uuid.uuid4())
+    queue = stage_queue(job, stage, settings)
+    headers, properties, body, _ = app.amqp.as_task_v2(
+        task_id, stage_task_name(stage), args=(job.id,), argsrepr=repr((job.id,)), kwargsrepr="{}",
+        parent_id=parent_id, ignore_result=None)
+    headers[JOB_CREATED_HEADER] = job.created_at  # the starvation guard promotes by age (tasks.priority)
+    content_type, encoding, data = dumps(body, serializer="json")
+    envelope = {
+        "body": base64.b64encode(data.encode() if isinstance(data, str) else data).decode(),
+        "content-encoding": encoding, "content-type": content_type, "headers": headers,
+        "properties": {**properties, "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": queue},
+                       "priority": 0, "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())},
+    }
+    return StageMessage(queue=queue, payload=orjson.dumps(envelope))
+
+
+def hands_off_inline(settings: Settings) -> bool:
+    """Whether stage messages go out inside the job store's transitions: the broker is its Redis."""
+    return settings.broker() == settings.redis_url
+
+
+def handoff(job: Job, stage: str | None, settings: Settings, *, parent_id: str | None = None) -> StageMessage | None:
+    """The message of ``stage`` for the transition that makes it the job's next to write with it;
+    None when there is no next stage, or when the broker is elsewhere (then ``send_stage`` after)."""
+    if stage is None or not job.input_ref or not hands_off_inline(settings):
+        return None
+    return stage_message(job, stage, settings, parent_id=parent_id)
+
+
+def send_stage(job: Job, stage: str, settings: Settings) -> None:
+    """Publish ``stage``'s message through Celery (outside a transition: the reaper, a fetched
+    input, any broker)."""
+    app.send_task(stage_task_name(stage), args=(job.id,), queue=stage_queue(job, stage, settings),
+                  headers={JOB_CREATED_HEADER: job.created_at})
 
 
 FETCH_TASK = "pixelmill.fetch_input"
 
 
 def enqueue(job: Job, settings: Settings) -> None:
-    """The job's chain; for a job whose input is still a URL, its fetch (which enqueues the chain
-    once the image is stored: tasks.inputs)."""
-    if not job.input_ref:
-        enqueue_fetch(job, settings)
-        return
-    build_chain(job, settings).apply_async()
+    """Start the job: its first stage; for a job whose input is still a URL, its fetch (which
+    starts the job once the image is stored: tasks.inputs)."""
+    enqueue_from(job, STAGES[0], settings)
 
 
 def enqueue_from(job: Job, stage: str, settings: Settings) -> None:
-    """Enqueue the rest of a job's chain again, from ``stage`` on (the reaper's re-enqueue); a job
+    """Send the job to ``stage`` (the reaper's re-enqueue; the rest follows by hand-offs); a job
     still waiting for its input gets its fetch again instead."""
     if not job.input_ref:
         enqueue_fetch(job, settings)
         return
-    build_chain(job, settings, start=stage).apply_async()
+    send_stage(job, stage, settings)
 
 
 def enqueue_fetch(job: Job, settings: Settings) -> None:

@@ -19,6 +19,7 @@ from tasks.events import JobEvent, job_events, stage_events
 from tasks.cost import UNKNOWN_QUEUE
 from tasks.jobs import STAGE_STATUS, Batch, Job, JobStatus, StageRecord, can_move
 from tasks.metrics import count_created, count_transition
+from tasks.pipeline import StageMessage
 from tasks.settings import STAGES
 from tasks.transition import Transition, Writes
 from tasks.webhooks.store import listener_keys
@@ -73,7 +74,9 @@ class JobStore:
         return jobs
 
     # --- writes ---------------------------------------------------------------------------
-    def create(self, job: Job) -> Job:
+    def create(self, job: Job, *, handoff: StageMessage | None = None) -> Job:
+        """Write a new job; with ``handoff`` (its first stage's message) it is queued in the same
+        transaction (tasks.pipeline)."""
         with self.redis.pipeline() as pipe:
             pipe.set(store_key("job", job.id), _dumps(job), ex=self.ttl_s, nx=True)
             pipe.zadd(store_key("recent", job.tenant), {job.id: job.created_at})
@@ -81,10 +84,12 @@ class JobStore:
             pipe.sadd(store_key("active", job.tenant), job.id)
             keep_blobs(pipe, [job.input_ref], until=time.time() + self.ttl_s)  # as long as the record lives
             count_created(pipe, [job])
+            _push(pipe, [handoff])
             pipe.execute()
         return job
 
-    def create_batch(self, batch: Batch, jobs: list[Job]) -> Batch:
+    def create_batch(self, batch: Batch, jobs: list[Job], *,
+                     handoffs: list[StageMessage | None] | None = None) -> Batch:
         with self.redis.pipeline() as pipe:
             for job in jobs:
                 pipe.set(store_key("job", job.id), _dumps(job), ex=self.ttl_s, nx=True)
@@ -93,6 +98,7 @@ class JobStore:
             pipe.set(store_key("batch", batch.id), json.dumps(batch.to_dict()), ex=self.ttl_s)
             keep_blobs(pipe, [job.input_ref for job in jobs], until=time.time() + self.ttl_s)
             count_created(pipe, jobs)
+            _push(pipe, handoffs or [])
             pipe.execute()
         return batch
 
@@ -122,9 +128,10 @@ class JobStore:
                      audit: dict[str, Any] | None = None, device_s: float | None = None,
                      dtype: str | None = None, error: dict[str, str] | None = None,
                      attempts: list[dict[str, Any]] | None = None, params: dict[str, Any] | None = None,
-                     faces: dict[str, Any] | None = None,
+                     faces: dict[str, Any] | None = None, handoff: StageMessage | None = None,
                      also: Callable[[Writes], None] | None = None) -> Job:
-        """Mark a stage done and record its outputs: the done marker a re-run checks first.
+        """Mark a stage done and record its outputs: the done marker a re-run checks first;
+        ``handoff``, the next stage's message, is queued with it (tasks.pipeline).
 
         The last stage passes ``end`` (succeeded or blocked) so that its done marker and the
         job's terminal state are written in the same transaction (failed, with ``error``, when a
@@ -156,6 +163,7 @@ class JobStore:
         def writes(w: Writes) -> None:
             w.delete(store_key("progress", job_id), store_key("lease", job_id, stage))
             keep_blobs(w, outputs.values(), until=time.time() + self.ttl_s)  # its record outlives no output
+            _push(w, [handoff])
             if also is not None:
                 also(w)
 
@@ -163,12 +171,13 @@ class JobStore:
 
     def restart_at(self, job_id: str, stage: str, *, ending: str, attempt: dict[str, Any],
                    params: dict[str, Any] | None = None, device_s: float | None = None,
-                   also: Callable[[Writes], None] | None = None) -> Job:
+                   handoff: StageMessage | None = None, also: Callable[[Writes], None] | None = None) -> Job:
         """Run a job again from ``stage`` (a quality regeneration: audit sends it back to generate).
         The stage ``ending`` (running now) and those from ``stage`` on start afresh — no done markers,
         no attempts, so the chain's stages run again and the reaper watches them as any other —
         ``attempt`` (what this run made, with the device seconds its stages used, which the job's
-        cost keeps) joins ``job.attempts``, and ``params`` (the new seed) is merged in."""
+        cost keeps) joins ``job.attempts``, and ``params`` (the new seed) is merged in; ``handoff``
+        (``stage``'s message) is queued with it."""
         reset = STAGES[STAGES.index(stage):]
 
         def change(job: Job) -> None:
@@ -188,6 +197,7 @@ class JobStore:
 
         def writes(w: Writes) -> None:
             w.delete(store_key("progress", job_id), store_key("lease", job_id, ending))
+            _push(w, [handoff])
             if also is not None:
                 also(w)
 
@@ -334,6 +344,13 @@ def _move(job: Job, status: JobStatus) -> None:
     if not can_move(job.status, status):
         raise InvalidTransition(f"job {job.id} cannot move from {job.status.value} to {status.value}")
     job.status = status
+
+
+def _push(writes: Any, messages: list[StageMessage | None]) -> None:
+    """Queue stage messages with the writes of a transaction (a pipeline or a transition's)."""
+    for message in messages:
+        if message is not None:
+            writes.lpush(message.queue, message.payload)
 
 
 def _dumps(job: Job) -> bytes:

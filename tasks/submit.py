@@ -18,7 +18,8 @@ from safety.validate import UploadLimits, validate_image
 from tasks.errors import PixelmillError
 from tasks.jobs import Batch, Job, JobParams, new_id
 from tasks.models import check_params
-from tasks.pipeline import enqueue
+from tasks.pipeline import enqueue, handoff
+from tasks.settings import STAGES
 from tasks.priority import level_allowed
 from tasks.quality import apply_quality
 from tasks.scoring import check_quality
@@ -111,8 +112,10 @@ def submit_job(rt: Services, *, tenant: str, upload: Upload | RemoteInput, param
     job = _prepare(rt, tenant=tenant, upload=upload, params=with_seed(params), deadline_s=deadline_s)
     if webhook is not None:  # before the job exists, so its first event already finds it
         rt.webhooks.save_subscription(job.id, webhook)
-    rt.store.create(job)
-    _enqueue(rt, [job])
+    first = handoff(job, STAGES[0], rt.settings)  # queued with the record when the broker is its Redis
+    rt.store.create(job, handoff=first)
+    if first is None:
+        _enqueue(rt, [job])
     return job
 
 
@@ -130,8 +133,9 @@ def submit_batch(rt: Services, *, tenant: str, uploads: list[Upload | RemoteInpu
     batch = Batch(id=batch_id, tenant=tenant, job_ids=[job.id for job in jobs])
     if webhook is not None:  # the batch's webhook hears its jobs' events and batch.completed
         rt.webhooks.save_subscription(batch.id, webhook)
-    rt.store.create_batch(batch, jobs)
-    _enqueue(rt, jobs)
+    firsts = [handoff(job, STAGES[0], rt.settings) for job in jobs]
+    rt.store.create_batch(batch, jobs, handoffs=firsts)
+    _enqueue(rt, [job for job, first in zip(jobs, firsts, strict=True) if first is None])
     return batch, jobs
 
 

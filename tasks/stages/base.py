@@ -23,10 +23,10 @@ from tasks.backoff import backoff_s
 from tasks.errors import InvalidTransition, JobNotFound, PixelmillError
 from tasks import leases
 from tasks.jobs import Job, JobStatus
-from tasks.pipeline import enqueue_from
+from tasks.pipeline import handoff, hands_off_inline, next_stage, send_stage
 from tasks.priority import base_of
 from tasks.recent_images import RecentImages
-from tasks.settings import STAGES
+from tasks.settings import STAGES, Settings
 from tasks.metrics import stage_metrics
 from tasks.worker_runtime import WorkerRuntime, get_worker_runtime
 from workers.errors import EngineError, Interrupted
@@ -154,6 +154,7 @@ def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
     except Skip as skip:
         if skip.proceed:
             log.info("%s: %s", stage, skip)
+            _hand_on(rt, job_id, stage)
             return
         if skip.code is None:
             log.info("%s: %s", stage, skip)
@@ -161,10 +162,20 @@ def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
             _fail(rt, job_id, code=skip.code, message=str(skip))
         raise Ignore() from None
     with leases.holding(job_id, stage):  # renewed by the heartbeat until the stage ends
-        _work_and_finish(rt, job, stage, queue, work)
+        _work_and_finish(rt, job, stage, queue, work, task_id=task.request.id)
 
 
-def _work_and_finish(rt: WorkerRuntime, job: Job, stage: str, queue: str | None, work: StageWork) -> None:
+def _hand_on(rt: WorkerRuntime, job_id: str, stage: str) -> None:
+    """A re-delivery of a stage that is done: its finish queued the next stage's message with the
+    done marker when the broker is the job store's Redis; with another broker, that publish came
+    after and may be what was lost, so it is sent again (a duplicate is dropped at admission)."""
+    following = next_stage(stage)
+    if following is not None and not hands_off_inline(rt.settings):
+        _send(rt.store.fetch(job_id), following, rt.settings)
+
+
+def _work_and_finish(rt: WorkerRuntime, job: Job, stage: str, queue: str | None, work: StageWork, *,
+                     task_id: str | None = None) -> None:
     job_id = job.id
     started = time.monotonic()
     try:
@@ -189,34 +200,46 @@ def _work_and_finish(rt: WorkerRuntime, job: Job, stage: str, queue: str | None,
         metrics = partial(stage_metrics, stage=stage, queue=queue, seconds=wall_s, device_s=device_s,
                           prices=rt.settings.price_per_hour)
         if result.restart is not None:
-            _restart(rt, job_id, stage, result.restart, device_s=round(device_s, 4), also=metrics)
+            _restart(rt, job, stage, result.restart, device_s=round(device_s, 4), also=metrics, task_id=task_id)
             return
+        following = None if result.end is not None else next_stage(stage)
+        message = handoff(job, following, rt.settings, parent_id=task_id)
         try:
             rt.store.finish_stage(job_id, stage, outputs=result.outputs, cached=result.cached,
                                   cache=result.cache, end=result.end, audit=result.audit,
                                   device_s=round(device_s, 4), dtype=result.dtype, error=result.error,
                                   attempts=result.attempts, params=result.params,
-                                  faces=result.faces, also=metrics)
+                                  faces=result.faces, handoff=message, also=metrics)
         except InvalidTransition:  # canceled while this stage ran: drop its output
             raise Ignore() from None
+        if following is not None and message is None:
+            _send(job, following, rt.settings)
         return
     raise Ignore()  # the job has failed: stop the chain here
 
 
-def _restart(rt: WorkerRuntime, job_id: str, stage: str, restart: Restart, *, device_s: float,
-             also: Callable) -> None:
-    """Send the job back to ``restart.stage`` (one transition), then enqueue its chain from there. If
-    the enqueue is lost, the reaper enqueues it again once the stage has shown no heartbeat for
-    stage_deadline_s (the job waits in that stage's status, its stage not started)."""
+def _restart(rt: WorkerRuntime, job: Job, stage: str, restart: Restart, *, device_s: float,
+             also: Callable, task_id: str | None) -> None:
+    """Send the job back to ``restart.stage``: one transition, which queues that stage's message
+    too when the broker is the job store's Redis (else it is sent after)."""
+    message = handoff(job, restart.stage, rt.settings, parent_id=task_id)
     try:
-        job = rt.store.restart_at(job_id, restart.stage, ending=stage, attempt=restart.attempt, params=restart.params,
-                                  device_s=device_s, also=also)
+        rt.store.restart_at(job.id, restart.stage, ending=stage, attempt=restart.attempt, params=restart.params,
+                            device_s=device_s, handoff=message, also=also)
     except InvalidTransition:  # canceled while this stage ran
         raise Ignore() from None
+    if message is None:
+        _send(job, restart.stage, rt.settings)
+
+
+def _send(job: Job, stage: str, settings: Settings) -> None:
+    """Publish the next stage through Celery after the transition (a broker other than the job
+    store's Redis). If that is lost, the reaper sends the stage again once it has shown no
+    heartbeat for stage_deadline_s (the job waits with that stage not started)."""
     try:
-        enqueue_from(job, restart.stage, rt.settings)
+        send_stage(job, stage, settings)
     except Exception as e:  # noqa: BLE001 — the record is written: the reaper finishes what this could not
-        log.warning("job %s: could not enqueue it again from %s (%s: %s); the reaper will", job_id, restart.stage,
+        log.warning("job %s: could not send it on to %s (%s: %s); the reaper will", job.id, stage,
                     type(e).__name__, e)
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from cache.latents import latent_redis_key
-from tests.conftest import encode, photo, wait_for_job
+from tests.conftest import encode, photo, routes_to, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -145,3 +145,30 @@ def test_redelivered_stage_of_a_finished_job_changes_nothing(client, workers):
         threading.Event().wait(0.2)
     after = client.get(job["links"]["self"]).get_json()
     assert after["updated_at"] == before["updated_at"] and after["status"] == "succeeded"
+
+
+def test_a_handoff_is_the_message_celery_would_publish(redis_server, redis_client):
+    """A stage's message pushed inside a transition (tasks.pipeline.stage_message) has the envelope,
+    headers and body that Celery's own publish of that task gives, ids apart."""
+    from tasks.jobs import Job, JobParams
+    from tasks.pipeline import send_stage, stage_message
+    from tasks.settings import Settings
+
+    queue = "handoff-shape"
+    settings = Settings(routes=routes_to(queue))
+    job = Job.create(tenant="t", params=JobParams(engine="style", seed=1), input_ref="0" * 64 + ".png")
+    redis_client.delete(queue)
+    send_stage(job, "enhance", settings)
+    celery = json.loads(redis_client.rpop(queue))
+    ours = json.loads(stage_message(job, "enhance", settings).payload)
+
+    varying = {"id", "root_id", "origin", "correlation_id", "reply_to", "delivery_tag"}
+    assert ours.keys() == celery.keys()
+    assert {k: v for k, v in ours["headers"].items() if k not in varying} == \
+        {k: v for k, v in celery["headers"].items() if k not in varying}
+    assert ours["headers"]["task"] == "pixelmill.enhance" and ours["headers"]["pixelmill_job_created"] == job.created_at
+    assert {k: v for k, v in ours["properties"].items() if k not in varying} == \
+        {k: v for k, v in celery["properties"].items() if k not in varying}
+    assert ours["properties"]["delivery_info"] == {"exchange": "", "routing_key": queue}
+    assert json.loads(base64.b64decode(ours["body"])) == json.loads(base64.b64decode(celery["body"])) == \
+        [[job.id], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]

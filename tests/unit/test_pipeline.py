@@ -11,8 +11,8 @@ from cache.latents import LatentStore
 from cache.latents import latent_redis_key
 from tasks.blobs import BlobNotFound, BlobStore
 from tasks.jobs import Job, JobParams
-from tasks.pipeline import build_chain, route_for
-from tasks.settings import Settings
+from tasks.pipeline import route_for, stage_queue
+from tasks.settings import STAGES, Settings
 
 
 @pytest.mark.parametrize(("stage", "engine", "queue"), [
@@ -44,14 +44,10 @@ def test_a_route_that_would_be_ignored_is_refused(routes, fragment):
     assert fragment in str(err.value)
 
 
-def test_chain_carries_only_the_job_id_and_is_immutable():
-    job = Job.create(tenant="t", params=JobParams(engine="diffusion", seed=3), input_ref="0" * 64 + ".png")
-    chain = build_chain(job, Settings(routes={"audit:*": "io"}))
-    names = [sig.task for sig in chain.tasks]
-    assert names == ["pixelmill.encode", "pixelmill.generate", "pixelmill.enhance", "pixelmill.audit"]
-    for sig in chain.tasks:
-        assert sig.args == (job.id,) and sig.immutable
-    assert [sig.options["queue"] for sig in chain.tasks] == ["gpu", "gpu", "cpu", "io"]
+def test_each_stage_has_its_queue_by_route_and_priority():
+    job = Job.create(tenant="t", params=JobParams(engine="diffusion", seed=3, priority="high"), input_ref="0" * 64 + ".png")
+    settings = Settings(routes={"audit:*": "io"})
+    assert [stage_queue(job, stage, settings) for stage in STAGES] == ["gpu.high", "gpu.high", "cpu.high", "io"]
 
 
 def test_latent_key_sees_content_and_encoder_not_prompt():
