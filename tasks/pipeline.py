@@ -54,6 +54,16 @@ def stage_queue(job: Job, stage: str, settings: Settings) -> str:
                      or route_for(stage, engine, overrides=settings.routes), level)
 
 
+ROUTE_HEADER = "pixelmill_route"  # on every stage message: {stage: queue}, as decided when the job was sent
+
+
+def plan_route(job: Job, settings: Settings) -> dict[str, str]:
+    """The queue of every stage of the job. Decided once, where the job is sent (submit, the
+    reaper), and carried from stage to stage in the messages: a worker's own settings never
+    re-route a job that is under way."""
+    return {stage: stage_queue(job, stage, settings) for stage in STAGES}
+
+
 def next_stage(stage: str) -> str | None:
     index = STAGES.index(stage) + 1
     return STAGES[index] if index < len(STAGES) else None
@@ -69,15 +79,15 @@ class StageMessage:
     payload: bytes
 
 
-def stage_message(job: Job, stage: str, settings: Settings, *, parent_id: str | None = None) -> StageMessage:
-    """The message that runs ``stage`` of ``job``: Celery's own task message (protocol 2, built by
-    ``app.amqp``), in the envelope its Redis transport writes."""
+def stage_message(job: Job, stage: str, route: dict[str, str], *, parent_id: str | None = None) -> StageMessage:
+    """The message that runs ``stage`` of ``job`` on ``route[stage]``: Celery's own task message
+    (protocol 2, built by ``app.amqp``), in the envelope its Redis transport writes."""
     task_id = str(uuid.uuid4())
-    queue = stage_queue(job, stage, settings)
+    queue = route[stage]
     headers, properties, body, _ = app.amqp.as_task_v2(
         task_id, stage_task_name(stage), args=(job.id,), argsrepr=repr((job.id,)), kwargsrepr="{}",
-        parent_id=parent_id, ignore_result=None)
-    headers[JOB_CREATED_HEADER] = job.created_at  # the starvation guard promotes by age (tasks.priority)
+        parent_id=parent_id, ignore_result=None, **_time_limits())
+    headers.update(_headers(job, route))
     content_type, encoding, data = dumps(body, serializer="json")
     envelope = {
         "body": base64.b64encode(data.encode() if isinstance(data, str) else data).decode(),
@@ -93,19 +103,31 @@ def hands_off_inline(settings: Settings) -> bool:
     return settings.broker() == settings.redis_url
 
 
-def handoff(job: Job, stage: str | None, settings: Settings, *, parent_id: str | None = None) -> StageMessage | None:
-    """The message of ``stage`` for the transition that makes it the job's next to write with it;
-    None when there is no next stage, or when the broker is elsewhere (then ``send_stage`` after)."""
+def handoff(job: Job, stage: str | None, settings: Settings, *, route: dict[str, str] | None = None,
+            parent_id: str | None = None) -> StageMessage | None:
+    """The message of ``stage`` for the transition that makes it the job's next to write with it
+    (on ``route``, the job's, else planned here); None when there is no next stage, or when the
+    broker is elsewhere (then ``send_stage`` after)."""
     if stage is None or not job.input_ref or not hands_off_inline(settings):
         return None
-    return stage_message(job, stage, settings, parent_id=parent_id)
+    return stage_message(job, stage, route or plan_route(job, settings), parent_id=parent_id)
 
 
-def send_stage(job: Job, stage: str, settings: Settings) -> None:
+def send_stage(job: Job, stage: str, settings: Settings, *, route: dict[str, str] | None = None) -> None:
     """Publish ``stage``'s message through Celery (outside a transition: the reaper, a fetched
     input, any broker)."""
-    app.send_task(stage_task_name(stage), args=(job.id,), queue=stage_queue(job, stage, settings),
-                  headers={JOB_CREATED_HEADER: job.created_at})
+    route = route or plan_route(job, settings)
+    app.send_task(stage_task_name(stage), args=(job.id,), queue=route[stage], headers=_headers(job, route),
+                  **_time_limits())
+
+
+def _headers(job: Job, route: dict[str, str]) -> dict:
+    # the job's age: the starvation guard promotes by it (tasks.priority); its route, for the next stages
+    return {JOB_CREATED_HEADER: job.created_at, ROUTE_HEADER: route}
+
+
+def _time_limits() -> dict[str, int | None]:
+    return {"time_limit": app.conf.task_time_limit, "soft_time_limit": app.conf.task_soft_time_limit}
 
 
 FETCH_TASK = "pixelmill.fetch_input"

@@ -1,7 +1,9 @@
-"""Submitting work: validate the upload, store the original, write the job, enqueue its chain.
+"""Submitting work: validate the upload, store the original, write the job, enqueue its first stage.
 
-Nothing here waits on a worker. If the chain cannot be enqueued the job is marked failed
-(never left half-written) and the error goes back to the caller.
+Nothing here waits on a worker. With the Redis broker (the default) the job record and its first
+stage's message are written in one transaction; with another broker the message is published
+after, and if it cannot be the job is marked failed. Either way no job is left half-written, and
+the error goes back to the caller.
 """
 
 from __future__ import annotations

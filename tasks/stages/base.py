@@ -23,7 +23,7 @@ from tasks.backoff import backoff_s
 from tasks.errors import InvalidTransition, JobNotFound, PixelmillError
 from tasks import leases
 from tasks.jobs import Job, JobStatus
-from tasks.pipeline import handoff, hands_off_inline, next_stage, send_stage
+from tasks.pipeline import ROUTE_HEADER, handoff, hands_off_inline, next_stage, send_stage
 from tasks.priority import base_of
 from tasks.recent_images import RecentImages
 from tasks.settings import STAGES, Settings
@@ -96,7 +96,7 @@ def _release_lease(job_id: str, stage: str) -> None:
 
 
 class Skip(Exception):
-    """Raised by ``_admit``: the stage does not run. The chain moves on when ``proceed`` (the stage
+    """Raised by ``_admit``: the stage does not run. The job moves on when ``proceed`` (the stage
     was done before); else it stops, failing the job with ``code`` and the message when given."""
 
     def __init__(self, message: str, *, proceed: bool = False, code: str | None = None) -> None:
@@ -154,7 +154,7 @@ def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
     except Skip as skip:
         if skip.proceed:
             log.info("%s: %s", stage, skip)
-            _hand_on(rt, job_id, stage)
+            _hand_on(rt, job_id, stage, _route_of(task))
             return
         if skip.code is None:
             log.info("%s: %s", stage, skip)
@@ -162,20 +162,34 @@ def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
             _fail(rt, job_id, code=skip.code, message=str(skip))
         raise Ignore() from None
     with leases.holding(job_id, stage):  # renewed by the heartbeat until the stage ends
-        _work_and_finish(rt, job, stage, queue, work, task_id=task.request.id)
+        _work_and_finish(rt, job, stage, queue, work, hop=Hop(task_id=task.request.id, route=_route_of(task)))
 
 
-def _hand_on(rt: WorkerRuntime, job_id: str, stage: str) -> None:
+@dataclass(frozen=True)
+class Hop:
+    """What a stage's message passes on to the next stage's: its task id (the next one's parent)
+    and the job's route (tasks.pipeline.plan_route; None from a message that had none)."""
+
+    task_id: str | None = None
+    route: dict[str, str] | None = None
+
+
+def _route_of(task: Task) -> dict[str, str] | None:
+    route = getattr(task.request, ROUTE_HEADER, None)
+    return route if isinstance(route, dict) and set(STAGES) <= route.keys() else None
+
+
+def _hand_on(rt: WorkerRuntime, job_id: str, stage: str, route: dict[str, str] | None) -> None:
     """A re-delivery of a stage that is done: its finish queued the next stage's message with the
     done marker when the broker is the job store's Redis; with another broker, that publish came
     after and may be what was lost, so it is sent again (a duplicate is dropped at admission)."""
     following = next_stage(stage)
     if following is not None and not hands_off_inline(rt.settings):
-        _send(rt.store.fetch(job_id), following, rt.settings)
+        _send(rt.store.fetch(job_id), following, rt.settings, Hop(route=route))
 
 
 def _work_and_finish(rt: WorkerRuntime, job: Job, stage: str, queue: str | None, work: StageWork, *,
-                     task_id: str | None = None) -> None:
+                     hop: Hop = Hop()) -> None:
     job_id = job.id
     started = time.monotonic()
     try:
@@ -200,10 +214,10 @@ def _work_and_finish(rt: WorkerRuntime, job: Job, stage: str, queue: str | None,
         metrics = partial(stage_metrics, stage=stage, queue=queue, seconds=wall_s, device_s=device_s,
                           prices=rt.settings.price_per_hour)
         if result.restart is not None:
-            _restart(rt, job, stage, result.restart, device_s=round(device_s, 4), also=metrics, task_id=task_id)
+            _restart(rt, job, stage, result.restart, device_s=round(device_s, 4), also=metrics, hop=hop)
             return
         following = None if result.end is not None else next_stage(stage)
-        message = handoff(job, following, rt.settings, parent_id=task_id)
+        message = handoff(job, following, rt.settings, route=hop.route, parent_id=hop.task_id)
         try:
             rt.store.finish_stage(job_id, stage, outputs=result.outputs, cached=result.cached,
                                   cache=result.cache, end=result.end, audit=result.audit,
@@ -213,31 +227,31 @@ def _work_and_finish(rt: WorkerRuntime, job: Job, stage: str, queue: str | None,
         except InvalidTransition:  # canceled while this stage ran: drop its output
             raise Ignore() from None
         if following is not None and message is None:
-            _send(job, following, rt.settings)
+            _send(job, following, rt.settings, hop)
         return
     raise Ignore()  # the job has failed: stop the chain here
 
 
 def _restart(rt: WorkerRuntime, job: Job, stage: str, restart: Restart, *, device_s: float,
-             also: Callable, task_id: str | None) -> None:
+             also: Callable, hop: Hop) -> None:
     """Send the job back to ``restart.stage``: one transition, which queues that stage's message
     too when the broker is the job store's Redis (else it is sent after)."""
-    message = handoff(job, restart.stage, rt.settings, parent_id=task_id)
+    message = handoff(job, restart.stage, rt.settings, route=hop.route, parent_id=hop.task_id)
     try:
         rt.store.restart_at(job.id, restart.stage, ending=stage, attempt=restart.attempt, params=restart.params,
                             device_s=device_s, handoff=message, also=also)
     except InvalidTransition:  # canceled while this stage ran
         raise Ignore() from None
     if message is None:
-        _send(job, restart.stage, rt.settings)
+        _send(job, restart.stage, rt.settings, hop)
 
 
-def _send(job: Job, stage: str, settings: Settings) -> None:
+def _send(job: Job, stage: str, settings: Settings, hop: Hop) -> None:
     """Publish the next stage through Celery after the transition (a broker other than the job
     store's Redis). If that is lost, the reaper sends the stage again once it has shown no
     heartbeat for stage_deadline_s (the job waits with that stage not started)."""
     try:
-        send_stage(job, stage, settings)
+        send_stage(job, stage, settings, route=hop.route)
     except Exception as e:  # noqa: BLE001 — the record is written: the reaper finishes what this could not
         log.warning("job %s: could not send it on to %s (%s: %s); the reaper will", job.id, stage,
                     type(e).__name__, e)

@@ -151,7 +151,7 @@ def test_a_handoff_is_the_message_celery_would_publish(redis_server, redis_clien
     """A stage's message pushed inside a transition (tasks.pipeline.stage_message) has the envelope,
     headers and body that Celery's own publish of that task gives, ids apart."""
     from tasks.jobs import Job, JobParams
-    from tasks.pipeline import send_stage, stage_message
+    from tasks.pipeline import plan_route, send_stage, stage_message
     from tasks.settings import Settings
 
     queue = "handoff-shape"
@@ -160,13 +160,14 @@ def test_a_handoff_is_the_message_celery_would_publish(redis_server, redis_clien
     redis_client.delete(queue)
     send_stage(job, "enhance", settings)
     celery = json.loads(redis_client.rpop(queue))
-    ours = json.loads(stage_message(job, "enhance", settings).payload)
+    ours = json.loads(stage_message(job, "enhance", plan_route(job, settings)).payload)
 
     varying = {"id", "root_id", "origin", "correlation_id", "reply_to", "delivery_tag"}
     assert ours.keys() == celery.keys()
     assert {k: v for k, v in ours["headers"].items() if k not in varying} == \
         {k: v for k, v in celery["headers"].items() if k not in varying}
     assert ours["headers"]["task"] == "pixelmill.enhance" and ours["headers"]["pixelmill_job_created"] == job.created_at
+    assert ours["headers"]["pixelmill_route"] == dict.fromkeys(("encode", "generate", "enhance", "audit"), queue)
     assert {k: v for k, v in ours["properties"].items() if k not in varying} == \
         {k: v for k, v in celery["properties"].items() if k not in varying}
     assert ours["properties"]["delivery_info"] == {"exchange": "", "routing_key": queue}
