@@ -146,26 +146,28 @@ on both sides).
 The pixelmill side is the real service path with the work taken out (`bench/noop_stages.py`):
 the tenant's limits, upload validation and the content-addressed blob write at submit, the job
 record, four stage tasks each entering and leaving its stage durably (done markers, attempts,
-metrics, live updates), and the chain hops. The benchmark's tenant has no webhook endpoint, so
-no event is written and no io worker is woken (`tasks/transition.py`); an io worker (threads)
-runs beside it all the same, as `make run` and docker-compose.yml deploy it. Celery task events
-are off on both sides (pixelmill's default; Flower turns them on while it runs).
+metrics, live updates), and the hand-offs between them. The benchmark's tenant has no webhook
+endpoint, so no event is written and no io worker is woken (`tasks/transition.py`); an io worker
+(threads) runs beside it all the same, as `make run` and docker-compose.yml deploy it. Celery task
+events are off on both sides (pixelmill's default; Flower turns them on while it runs).
 
-Where the difference goes: each stage makes two writes of its own — entering the stage and
-leaving it, each one compare-and-set script on the server with its events, metrics and live
-update (`tasks/transition.py`) — plus a read of the record when this process did not write it
-last; py-spy on the worker (20 s of sequential jobs) puts most of what is left in the socket
-calls of those round trips (the record is written with orjson, replies parsed by hiredis).
-Before the scripts (WATCH, GET, MULTI…EXEC per transition, a separate read and metrics pipeline,
-an io-queue kick per event) the same benchmark gave 1.75× and 0.32× here on 2026-11-28.
+Where the time goes: the plain chain publishes each next link through Celery's producer after
+the task returns (a Redis client built for the publish, the message, an LPUSH). pixelmill's stage
+queues the next stage's message inside the transition that marks it done — one LPUSH in the
+script that runs anyway (`tasks/pipeline.py::handoff`) — and submit writes the job record and its
+first message in one MULTI, so a hop costs one round trip fewer than the plain chain's and no
+publish path in Python. What pixelmill adds is the start transition of each stage and its lease.
+Measured one job at a time on the no-op pipeline (`started_at`/`finished_at` of the records, pool
+of 2): submit 1.5 ms (3.4 before), each hop 1.35 ms (3.0 before), a job 9.5 ms (17.6 before).
+CPU per job during 600-job bursts (psutil: worker process trees, redis-server, the submitting
+process; one-off runs, same day): before the hand-offs plain 10.4 ms (workers 8.62, Redis 0.68,
+client 1.08), pixelmill 16.1 ms (12.05, 1.90, 2.15); after, plain 8.3 ms (6.77, 0.58, 0.93),
+pixelmill 11.4 ms (8.57, 1.67, 1.12). On two cores throughput follows CPU per job; the rest of
+pixelmill's extra CPU is the eight transitions' scripts (client and Redis) and the leases.
 
-Two one-off measurements of 2026-11-28 (not part of `make bench`) split the rest. With the stage
-tasks' job-store work taken out (submit and chain only) two runs gave 1.18× / 1.19× and
-0.89× / 1.07×: submit's own work (limits, validation, the record) is about two fifths of the
-latency difference, the two durable transitions per stage the other three fifths and nearly all
-of the throughput difference. CPU per job during 600-job bursts (psutil, worker process trees,
-redis-server and the submitting process): plain 4.96 ms (workers 3.98, Redis 0.48, client 0.50),
-pixelmill 8.59 ms (6.22, 1.17, 1.20); on two cores throughput follows CPU per job.""")
+Before the hand-offs (each stage's next link published by Celery's chain after the task) the same
+bench gave 1.57× / 0.59× (2026-12-02, 9311ced), and 1.70× / 0.62× in a shorter run of this session;
+before the transitions became server-side scripts, 1.75× / 0.32× (2026-11-28).""")
 
 
 if __name__ == "__main__":

@@ -160,14 +160,26 @@ transition):
 
 {table(("part", "median"), [(name, f"{value * 1000:.1f} ms") for name, value in breakdown])}
 
-Every stage reads its input and writes its output as a PNG blob, so the codec is on every job's path:
-`safety/png.py` encodes with the "up" filter and ISA-L's deflate (a 768² PNG in ~5 ms where Pillow
-took ~28 ms), and a worker keeps the images it saved or read lately decoded
-(`tasks/recent_images.py`), so the next stage of a job in the same process skips the decode. The
-rest is the submit, eight job-store transitions and four Celery hops (the orchestration section
-measures those alone). Before these two changes (491332a, the same command) this bench gave
-1.40× (74 ms per job). For diffusion jobs, where generate alone takes seconds on a GPU and minutes
-on this CPU, the same fixed cost is a few percent.""")
+The service side waits for each job as a client of the live API does: woken by the job's events on
+the tenant's channel (what `GET /api/v1/events` streams), then one read of the record. Until
+2026-12-02 it polled the record every millisecond, and on two cores that loop took CPU from the
+worker: the same code measured 1.33× polling and 1.16× waiting on the events, in two runs of
+this command minutes apart.
+
+What changed on the service's path (issue "Lean per-job path"), each measured with this command:
+
+- **Hand-offs** (`tasks/pipeline.py`): a stage queues the next stage's message in the transition
+  that writes its done marker, and submit writes the job record with its first message, instead of
+  Celery's chain publishing each link after the task: each wait above is ~2 ms where it was 3–3.5.
+- **The audit's reference resize** with OpenCV (1 ms for 384² → 768², Pillow took 7): 1.16× → 1.13×.
+- **The PNG codec** (`safety/png.py`: "up" filter, ISA-L deflate; a 768² PNG in ~5 ms where Pillow
+  took ~28) and **recent images** (`tasks/recent_images.py`: a worker keeps the images it saved or
+  read lately decoded, so the next stage of a job in the same process skips the decode).
+
+The rest is the submit, eight job-store transitions and the Celery hops (the orchestration section
+measures those alone). Earlier figures of this bench: 1.40× (74 ms per job, 491332a), 1.34×
+(35 ms, 9311ced, before the hand-offs and the resize, polling). For diffusion jobs, where generate
+alone takes seconds on a GPU and minutes on this CPU, the same fixed cost is a few percent.""")
 
 
 if __name__ == "__main__":
