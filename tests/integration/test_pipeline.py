@@ -7,13 +7,14 @@ import base64
 import io
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from cache.latents import latent_redis_key
-from tests.conftest import encode, photo, routes_to, wait_for_job
+from tests.conftest import declare_test_queue, encode, photo, routes_to, wait_for_job
 
 pytestmark = pytest.mark.integration
 
@@ -173,3 +174,34 @@ def test_a_handoff_is_the_message_celery_would_publish(redis_server, redis_clien
     assert ours["properties"]["delivery_info"] == {"exchange": "", "routing_key": queue}
     assert json.loads(base64.b64decode(ours["body"])) == json.loads(base64.b64decode(celery["body"])) == \
         [[job.id], {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+
+
+def test_a_finished_stage_has_queued_the_next_one_with_its_done_marker(redis_server, redis_client, workers):
+    """With the Redis broker a stage's finish and the next stage's message are one transaction: the
+    moment encode is done on a real worker, generate's message is on the queue the job's route names
+    (decided at submit, where generate goes to a queue nobody consumes here)."""
+    from tasks.settings import Settings
+    from web import create_app
+
+    parked = declare_test_queue("handoff-parked")
+    redis_client.delete(parked)
+    client = create_app(Settings(routes={"generate:style": parked})).test_client()
+    response = _submit(client, encode(photo(size=96)), engine="style", style="sketch")
+    assert response.status_code == 202, response.get_json()
+    job_id = response.get_json()["id"]
+    deadline = time.monotonic() + 60
+    while (job := client.get(f"/api/v1/jobs/{job_id}").get_json())["stages"]["encode"]["state"] != "done":
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    try:
+        messages = redis_client.lrange(parked, 0, -1)
+        assert len(messages) == 1
+        envelope = json.loads(messages[0])
+        assert envelope["headers"]["task"] == "pixelmill.generate"
+        assert envelope["headers"]["pixelmill_route"] == {"encode": "cpu", "generate": parked, "enhance": "cpu",
+                                                         "audit": "cpu"}
+        assert json.loads(base64.b64decode(envelope["body"]))[0] == [job_id]
+        assert job["stages"]["generate"]["state"] != "done"
+    finally:
+        client.post(f"/api/v1/jobs/{job_id}/cancel")
+        redis_client.delete(parked)
