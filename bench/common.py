@@ -1,5 +1,6 @@
-"""What the benchmarks share: the machine's name, a private Redis, worker subprocesses, medians
-and percentiles, and writing one marked section of docs/benchmarks.md."""
+"""What the benchmarks share: the machine's name, a private Redis, worker subprocesses, waiting
+for jobs as a live client does, medians and percentiles, and writing one marked section of
+docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -30,6 +31,27 @@ def machine() -> str:
                     if line.startswith("model name")), cpu)
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{os.cpu_count()}-core {cpu}, {gpu}, torch {torch.__version__}"
+
+
+class JobWaiter:
+    """Waits for jobs to end as a client of the live API does: woken by the tenant's events (what
+    ``GET /api/v1/events`` streams: a job's start and its end), then one read of the records. No
+    polling loop competes with the workers for the machine's cores."""
+
+    def __init__(self, rt, tenant: str) -> None:
+        from tasks.live import channel_for
+
+        self._rt = rt
+        self._live = rt.redis.pubsub(ignore_subscribe_messages=True)
+        self._live.subscribe(channel_for("tenant", tenant))
+
+    def wait(self, ids: list[str]) -> list:
+        """The jobs ``ids`` once every one of them has ended."""
+        while True:
+            jobs = [self._rt.store.fetch(job_id) for job_id in ids]
+            if all(job.status.is_terminal() for job in jobs):
+                return jobs
+            self._live.get_message(timeout=1.0)
 
 
 def median(values: list[float]) -> float:

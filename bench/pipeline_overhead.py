@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, table, write_section  # noqa: E402
+from bench.common import JobWaiter, machine, table, write_section  # noqa: E402
 from stack.redis_server import RedisServer  # noqa: E402
 
 
@@ -60,7 +60,6 @@ def run(args: argparse.Namespace, worker: subprocess.Popen) -> None:
     from safety.validate import decode_png, encode_png, validate_image
     from tasks.celery_app import app
     from tasks.jobs import JobParams
-    from tasks.live import channel_for
     from tasks.settings import STAGES
     from tasks.services import get_services
     from tasks.submit import Upload, submit_job
@@ -94,18 +93,14 @@ def run(args: argparse.Namespace, worker: subprocess.Popen) -> None:
         return marks[-1] - marks[0]
 
     rt = get_services()
-    live = rt.redis.pubsub(ignore_subscribe_messages=True)  # the tenant's events, as GET /api/v1/events serves them
-    live.subscribe(channel_for("tenant", "bench"))
+    waiter = JobWaiter(rt, tenant="bench")
 
     def service() -> float:
         start = time.perf_counter()
         wall_start = time.time()
         job = submit_job(rt, tenant="bench", upload=Upload("a.png", photo), params=params)
         submitted = time.time()
-        while not (job := rt.store.fetch(job.id)).status.is_terminal():
-            # woken by the job's events (started, then its end), as a client on the live API is:
-            # no polling loop competing with the worker for the two cores
-            live.get_message(timeout=1.0)
+        (job,) = waiter.wait([job.id])
         total = time.perf_counter() - start
         assert job.status.value == "succeeded", job.error
         service_parts.setdefault("submit (validate, store, record, enqueue)", []).append(submitted - wall_start)

@@ -275,9 +275,11 @@ pixelmill p50 1128 ms, p99 3461 ms, 45 submits/s, **13.80 ms** web CPU per submi
 11.27 ms in the same run). What changed: the upload's PNG is written by `safety/png.py` (ISA-L
 deflate, "up" filter: about 5× Pillow's encode), and the tenant's limits and highest priority are
 read in one round trip; a style job no longer reads the tenant's quality policy at submit (no
-CLIPScore can judge it). py-spy (`--gil`) on the web processes puts most of what is left in
-werkzeug's multipart parser (a regular expression compiled per request for its boundary), Celery's
-chain publish, gunicorn's access log and the three Redis round trips (limits, job record, queue).""")
+CLIPScore can judge it); since the hand-offs (`tasks/pipeline.py`) the first stage's message goes out in
+the transaction that writes the job record, so a submit is three Redis round trips (the limits, the
+upload blob's keep-until, the record with its message) and no Celery publish. py-spy (`--gil`) on the web processes, before the hand-offs, put most of
+what was left in werkzeug's multipart parser (a regular expression compiled per request for its
+boundary), Celery's publish, gunicorn's access log and the Redis round trips.""")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ Messages are compact JSON objects with a ``type`` (docs/live.md):
   Published by the transition's own script (``stage_job``, ``tasks.transition``), so it goes
   out exactly when the change commits, in commit order, and never for a change that did not.
 - ``progress``: a denoising step (stage, step, steps), in save_progress's pipeline.
-- ``preview``: a new preview image was stored (``JobStore.save_preview``).
+- ``preview``: a new preview image was stored (in the same pipeline, or ``JobStore.save_preview``).
 - on the tenant channel only: webhook events as the outbox holds them (``tasks.events.JobEvent`` as
   JSON: id, type, subject …, and the job's record as its ``snapshot``), published by the same transition
   script as it commits: job.started and the terminal event of each job, and batch.completed by the
@@ -95,12 +95,10 @@ def stage_progress(pipe: redis.client.Pipeline, job_id: str, *, batch_id: str | 
                                     "step": step, "steps": steps, "at": time.time()})
 
 
-def publish_preview(client: redis.Redis, job_id: str, *, batch_id: str | None, step: int | None = None,
-                    steps: int | None = None) -> None:
-    with client.pipeline(transaction=False) as pipe:
-        _stage(pipe, job_id, batch_id, {"type": "preview", "job_id": job_id, "batch_id": batch_id, "step": step,
-                                        "steps": steps, "at": time.time()})
-        pipe.execute()
+def stage_preview(pipe: redis.client.Pipeline, job_id: str, *, batch_id: str | None, step: int | None = None,
+                  steps: int | None = None) -> None:
+    _stage(pipe, job_id, batch_id, {"type": "preview", "job_id": job_id, "batch_id": batch_id, "step": step,
+                                    "steps": steps, "at": time.time()})
 
 
 def batch_of(client: redis.Redis, job_id: str, job_key: str) -> str | None:

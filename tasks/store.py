@@ -235,32 +235,44 @@ class JobStore:
         return self._update(job_id, change, also=keep)
 
     def is_canceled(self, job_id: str) -> bool:
-        raw = self.redis.get(store_key("job", job_id))
-        return raw is not None and orjson.loads(raw)["status"] == JobStatus.CANCELED.value
+        return _canceled(self.redis.get(store_key("job", job_id)))
 
-    def save_progress(self, job_id: str, *, stage: str, step: int, steps: int) -> None:
-        key = store_key("progress", job_id)
+    def save_progress(self, job_id: str, *, stage: str, step: int, steps: int, preview: bytes | None = None) -> bool:
+        """Record a running stage's progress — with its live preview when given (workers.preview) —
+        and tell viewers, in one round trip that also reads whether the job was canceled meanwhile:
+        answers that, so a run reporting progress learns it at no extra cost."""
+        key, job_key = store_key("progress", job_id), store_key("job", job_id)
+        batch_id = live.batch_of(self.redis, job_id, job_key)
         with self.redis.pipeline() as pipe:
             pipe.hset(key, mapping={"stage": stage, "step": step, "steps": steps, "at": int(time.time())})
             pipe.expire(key, self.ttl_s)
-            live.stage_progress(pipe, job_id, batch_id=live.batch_of(self.redis, job_id, store_key("job", job_id)),
-                                stage=stage, step=step, steps=steps)
-            pipe.execute()
+            live.stage_progress(pipe, job_id, batch_id=batch_id, stage=stage, step=step, steps=steps)
+            if preview is not None:
+                self._add_preview(pipe, job_id, preview, batch_id=batch_id, step=step, steps=steps)
+            pipe.get(job_key)
+            return _canceled(pipe.execute()[-1])
 
     def save_preview(self, job_id: str, png: bytes, *, step: int | None = None, steps: int | None = None) -> bool:
         """Keep a small live preview PNG (workers.preview) for a short while and tell viewers.
         Best effort: a Redis error is logged and False returned, never raised into the run."""
-        if len(png) > live.PREVIEW_MAX_BYTES:
-            raise ValueError(f"a preview is {len(png)} bytes; keep it under {live.PREVIEW_MAX_BYTES} "
-                             "(workers.preview.preview_png with max_side=128 gives a few KB)")
         try:
-            self.redis.set(store_key("preview", job_id), png, ex=live.PREVIEW_TTL_S)
-            live.publish_preview(self.redis, job_id, step=step, steps=steps,
-                                 batch_id=live.batch_of(self.redis, job_id, store_key("job", job_id)))
+            with self.redis.pipeline(transaction=False) as pipe:
+                self._add_preview(pipe, job_id, png, step=step, steps=steps,
+                                  batch_id=live.batch_of(self.redis, job_id, store_key("job", job_id)))
+                pipe.execute()
         except redis.RedisError as e:
             live.log.warning("live: could not save the preview of job %s: %s", job_id, e)
             return False
         return True
+
+    @staticmethod
+    def _add_preview(pipe: redis.client.Pipeline, job_id: str, png: bytes, *, batch_id: str | None,
+                     step: int | None, steps: int | None) -> None:
+        if len(png) > live.PREVIEW_MAX_BYTES:
+            raise ValueError(f"a preview is {len(png)} bytes; keep it under {live.PREVIEW_MAX_BYTES} "
+                             "(workers.preview.preview_png with max_side=128 gives a few KB)")
+        pipe.set(store_key("preview", job_id), png, ex=live.PREVIEW_TTL_S)
+        live.stage_preview(pipe, job_id, batch_id=batch_id, step=step, steps=steps)
 
     def fetch_preview(self, job_id: str) -> bytes | None:
         return self.redis.get(store_key("preview", job_id))
@@ -351,6 +363,10 @@ def _push(writes: Any, messages: list[StageMessage | None]) -> None:
     for message in messages:
         if message is not None:
             writes.lpush(message.queue, message.payload)
+
+
+def _canceled(raw: bytes | None) -> bool:
+    return raw is not None and orjson.loads(raw)["status"] == JobStatus.CANCELED.value
 
 
 def _dumps(job: Job) -> bytes:

@@ -206,6 +206,23 @@ def test_progress_preview_and_cancel_reach_the_viewer(app, base, client):
     assert client.get(f"/api/v1/jobs/{job.id}/preview.png").status_code == 404  # ended: no preview
 
 
+def test_one_progress_report_carries_the_preview_and_answers_a_cancel(app, base, client):
+    rt = app.extensions["pixelmill"]
+    job = create_job(rt, engine="diffusion", prompt="x", steps=10, strength=1.0, size=64)
+    (viewer,) = watch(f"{base}/api/v1/jobs/{job.id}/events")
+    rt.store.start_stage(job.id, "encode", queue="gpu", worker="test")
+    png = preview_png(torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(2)))
+    assert rt.store.save_progress(job.id, stage="generate", step=4, steps=10, preview=png) is False  # running
+    assert client.get(f"/api/v1/jobs/{job.id}/preview.png").data == png
+    assert rt.store.fetch_progress(job.id) == {"stage": "generate", "step": 4, "steps": 10,
+                                               "at": rt.store.fetch_progress(job.id)["at"]}
+    rt.store.cancel(job.id)
+    assert rt.store.save_progress(job.id, stage="generate", step=5, steps=10) is True  # the run stops on this
+    viewer.finish(20)
+    assert [e for e, _ in viewer.events][:4] == ["job", "job", "progress", "preview"]
+    assert viewer.events[3][1]["url"].startswith(f"{base}/api/v1/jobs/{job.id}/preview.png?v=")
+
+
 def test_batch_stream_follows_each_member_and_the_counts(app, base):
     rt = app.extensions["pixelmill"]
     batch_id = new_id()
