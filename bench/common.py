@@ -1,6 +1,6 @@
 """What the benchmarks share: the machine's name, a private Redis, worker subprocesses, waiting
 for jobs as a live client does, medians and percentiles, and writing one marked section of
-docs/benchmarks.md."""
+docs/benchmarks.md; inputs that no cache can take for one another."""
 
 from __future__ import annotations
 
@@ -52,6 +52,29 @@ class JobWaiter:
             if all(job.status.is_terminal() for job in jobs):
                 return jobs
             self._live.get_message(timeout=1.0)
+
+
+def distinct_photos(count: int, size: int) -> list:
+    """``count`` distinct RGB photos: scikit-image's and scikit-learn's sample photos, each turned
+    and mirrored eight ways, then cropped a little tighter each time round — different enough that
+    the latent cache's near-duplicate match never takes one for another."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+    from sklearn.datasets import load_sample_images
+
+    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), *load_sample_images().images]
+    out = []
+    for i in range(count):
+        step, turn = divmod(i // len(sources), 8)
+        src = np.rot90(sources[i % len(sources)], k=turn % 4)
+        src = src[:, ::-1] if turn >= 4 else src
+        h, w = src.shape[:2]
+        side = min(h, w) - 40 * step
+        top, left = (h - side) // 2 + 7 * step, (w - side) // 2 - 9 * step
+        crop = src[max(top, 0):max(top, 0) + side, max(left, 0):max(left, 0) + side, :3]
+        out.append(np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size))))
+    return out
 
 
 def median(values: list[float]) -> float:

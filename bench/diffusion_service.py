@@ -20,33 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import JobWaiter, machine, median, start_worker, stop, table, wait_ready, write_section  # noqa: E402
+from bench.common import JobWaiter, distinct_photos, machine, median, start_worker, stop, table, wait_ready, write_section  # noqa: E402
 from stack.redis_server import RedisServer  # noqa: E402
 
 CONCURRENT = 8
-
-
-def photos(count: int, size: int):
-    """``count`` distinct RGB photos: scikit-image's and scikit-learn's sample photos, each turned
-    and mirrored eight ways, then cropped a little tighter each time round — different enough that
-    the latent cache's near-duplicate match never takes one for another."""
-    import numpy as np
-    from PIL import Image
-    from skimage import data
-    from sklearn.datasets import load_sample_images
-
-    sources = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket(), *load_sample_images().images]
-    out = []
-    for i in range(count):
-        step, turn = divmod(i // len(sources), 8)
-        src = np.rot90(sources[i % len(sources)], k=turn % 4)
-        src = src[:, ::-1] if turn >= 4 else src
-        h, w = src.shape[:2]
-        side = min(h, w) - 40 * step
-        top, left = (h - side) // 2 + 7 * step, (w - side) // 2 - 9 * step
-        crop = src[max(top, 0):max(top, 0) + side, max(left, 0):max(left, 0) + side, :3]
-        out.append(np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((size, size))))
-    return out
 
 
 def main() -> None:
@@ -110,7 +87,7 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(args.model, safety_checker=None,
                                                           requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    images = photos(args.rounds * (2 * args.solo + 2 * CONCURRENT) + 4, args.size)
+    images = distinct_photos(args.rounds * (2 * args.solo + 2 * CONCURRENT) + 4, args.size)
     uploads = [encode_png(image) for image in images]
     counter = iter(range(len(images)))
 

@@ -106,6 +106,9 @@ class Audit(View):
                                                  "(0-64, to the input); clipscore (0-100, to the prompt: diffusion "
                                                  "jobs with a prompt, when a CLIP model is configured)")
     model: str
+    nsfw_reused: bool | None = Field(None, description="true when the NSFW score is this very image's from an "
+                                                        "earlier audit (the same bytes), so the model did not run "
+                                                        "again; absent otherwise")
     policy: AuditPolicyOut
     checks: dict[str, float | bool]
     reasons: list[str]

@@ -5,13 +5,15 @@ verdict ends the job."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from typing import Any
 
 import cv2
 import numpy as np
+import redis
 
-from safety.nsfw import get_classifier
+from safety.nsfw import NsfwClassifier, get_classifier
 from safety.policy import Action, blur, decide
 from safety.quality import Verdict, check_quality
 from safety.quality_policy import FAIL_CODE, Outcome, judge, keep_best, with_judgement
@@ -20,6 +22,7 @@ from tasks.celery_app import app
 from tasks.errors import PixelmillError
 from tasks.jobs import Job, JobStatus
 from tasks.scoring import has_prompt, next_seed, policy_for
+from tasks.store import store_key
 from tasks.worker_runtime import WorkerRuntime
 from tasks.stages.base import Restart, StageResult, load_image, run_stage, save_image
 from workers.errors import EngineError
@@ -37,10 +40,12 @@ def _audit(job: Job, rt: WorkerRuntime) -> StageResult:
     reference = load_image(rt, job.outputs["normalized"])
     quality = check_quality(served, reference=_same_size(reference, served))
     classifier = get_classifier()
-    result = decide(nsfw_score=classifier.score(served), quality=quality,
-                    policy=rt.audit_policy(job.tenant), model=classifier.name)
+    nsfw, reused = _nsfw_score(rt, classifier, job.outputs["enhanced"], served)
+    result = decide(nsfw_score=nsfw, quality=quality, policy=rt.audit_policy(job.tenant), model=classifier.name)
     policy = policy_for(rt, tenant=job.tenant, params=job.params)
     audit = result.to_dict()
+    if reused:
+        audit["nsfw_reused"] = True
     audit["scores"].update(_scores(job, rt, served, reference, needs_clip=policy is not None and policy.needs_clip))
     if result.verdict is Verdict.BLOCK:  # never served, whatever came before
         return StageResult(end=JobStatus.BLOCKED, audit=with_judgement(audit, None), attempts=job.attempts or None)
@@ -75,6 +80,27 @@ def _end(audit: dict[str, Any], judgement, *, outputs: dict[str, str], **kept: A
         return StageResult(end=JobStatus.FAILED, audit=record, error={"code": FAIL_CODE, "message": judgement.reason},
                            **kept)
     return StageResult(outputs=outputs, end=JobStatus.SUCCEEDED, audit=record, **kept)
+
+
+def _nsfw_score(rt: WorkerRuntime, classifier: NsfwClassifier, ref: str, image: np.ndarray) -> tuple[float, bool]:
+    """The classifier's score of the image stored as ``ref``, and whether it was reused. Blobs are
+    content-addressed — the same ref, the same pixels, the same score — so an image audited before
+    (a job run again, a result served from the results cache, a style job on a photo seen before) is
+    not classified again while its score is kept (result_ttl_s). The score is keyed by the model too;
+    a Redis error only means the model runs."""
+    key = store_key("nsfw", hashlib.sha256(classifier.name.encode()).hexdigest()[:16], ref)
+    try:
+        kept = rt.redis.get(key)
+    except redis.RedisError:
+        kept = None
+    if kept is not None:
+        return float(kept), True
+    score = classifier.score(image)
+    try:
+        rt.redis.set(key, repr(score), ex=rt.settings.result_ttl_s)
+    except redis.RedisError as e:
+        log.warning("audit: could not keep the NSFW score of %s: %s", ref, e)
+    return score, False
 
 
 def _scores(job: Job, rt: WorkerRuntime, served: np.ndarray, reference: np.ndarray, *,

@@ -110,6 +110,18 @@ def test_same_photo_new_prompt_reuses_the_latent(client, workers):
     assert second["stages"]["encode"]["cached"] is True
 
 
+def test_an_image_audited_before_keeps_its_score_and_skips_the_model(client, workers):
+    image = encode(photo("rocket", size=96))
+    params = dict(engine="style", style="sketch", size=96, seed=7)
+    first = wait_for_job(_fetcher(client), _submit(client, image, **params).get_json()["id"])
+    again = wait_for_job(_fetcher(client), _submit(client, image, **params).get_json()["id"])
+    assert first["status"] == again["status"] == "succeeded"
+    assert client.get(first["links"]["result"]).data == client.get(again["links"]["result"]).data  # the same bytes
+    assert "nsfw_reused" not in first["audit"]  # the classifier ran
+    assert again["audit"]["nsfw_reused"] is True and again["audit"]["scores"]["nsfw"] == first["audit"]["scores"]["nsfw"]
+    assert again["audit"]["checks"] == first["audit"]["checks"]  # the checks ran afresh, on the same image
+
+
 def test_batch_runs_every_image(client, workers):
     files = [(io.BytesIO(encode(photo(name, size=128))), f"{name}.png") for name in ("astronaut", "coffee", "chelsea")]
     response = client.post("/api/v1/batches", data={"images": files, "style": "sketch"},
