@@ -34,7 +34,8 @@ def main() -> None:
 
     tmp = Path(tempfile.mkdtemp(prefix="pixelmill-bench-"))
     redis_server = RedisServer(data_dir=tmp / "redis", appendonly=False).start()
-    os.environ.update(PIXELMILL_REDIS_URL=redis_server.url, PIXELMILL_DATA_DIR=str(tmp / "data"))
+    os.environ.update(PIXELMILL_REDIS_URL=redis_server.url, PIXELMILL_DATA_DIR=str(tmp / "data"),
+                      PIXELMILL_RATE_LIMIT_PER_MINUTE="1000000")  # two jobs a pair, one pair after the other
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "tasks.celery_app", "worker", "-Q", "cpu,gpu,io", "-c", "1",
          "--pool", "solo", "--loglevel", "WARNING", "--without-gossip", "--without-mingle"],
