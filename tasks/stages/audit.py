@@ -18,6 +18,7 @@ from safety.policy import Action, blur, decide
 from safety.quality import Verdict, check_quality
 from safety.quality_policy import FAIL_CODE, Outcome, judge, keep_best, with_judgement
 from safety.scores import measure
+from tasks.caching import cache_scope
 from tasks.celery_app import app
 from tasks.errors import PixelmillError
 from tasks.jobs import Job, JobStatus
@@ -40,7 +41,7 @@ def _audit(job: Job, rt: WorkerRuntime) -> StageResult:
     reference = load_image(rt, job.outputs["normalized"])
     quality = check_quality(served, reference=_same_size(reference, served))
     classifier = get_classifier()
-    nsfw, reused = _nsfw_score(rt, classifier, job.outputs["enhanced"], served)
+    nsfw, reused = _nsfw_score(rt, classifier, cache_scope(rt, job).token, job.outputs["enhanced"], served)
     result = decide(nsfw_score=nsfw, quality=quality, policy=rt.audit_policy(job.tenant), model=classifier.name)
     policy = policy_for(rt, tenant=job.tenant, params=job.params)
     audit = result.to_dict()
@@ -82,13 +83,17 @@ def _end(audit: dict[str, Any], judgement, *, outputs: dict[str, str], **kept: A
     return StageResult(outputs=outputs, end=JobStatus.SUCCEEDED, audit=record, **kept)
 
 
-def _nsfw_score(rt: WorkerRuntime, classifier: NsfwClassifier, ref: str, image: np.ndarray) -> tuple[float, bool]:
+def _nsfw_score(rt: WorkerRuntime, classifier: NsfwClassifier, scope: str, ref: str,
+                image: np.ndarray) -> tuple[float, bool]:
     """The classifier's score of the image stored as ``ref``, and whether it was reused. Blobs are
-    content-addressed — the same ref, the same pixels, the same score — so an image audited before
-    (a job run again, a result served from the results cache, a style job on a photo seen before) is
-    not classified again while its score is kept (result_ttl_s). The score is keyed by the model too;
-    a Redis error only means the model runs."""
-    key = store_key("nsfw", hashlib.sha256(classifier.name.encode()).hexdigest()[:16], ref)
+    content-addressed — the same ref, the same pixels, the same score — so an image the tenant had
+    audited before (a job run again, a result served from the results cache, a style job on a photo
+    seen before) is not classified again while its score is kept (result_ttl_s). Kept in the cache's
+    ``scope`` (PIXELMILL_CACHE_SCOPE: per tenant unless the operator shares it): a reused score shows
+    on the job, and must not tell one tenant that another made the same image. Keyed by the model
+    too; a Redis error only means the model runs."""
+    model = hashlib.sha256(classifier.name.encode()).hexdigest()[:16]
+    key = store_key("nsfw", model, scope, ref)
     try:
         kept = rt.redis.get(key)
     except redis.RedisError:

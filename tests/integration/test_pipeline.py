@@ -14,6 +14,9 @@ import pytest
 from PIL import Image
 
 from cache.latents import latent_redis_key
+from tasks.jobs import JobParams
+from tasks.present import job_view
+from tasks.submit import Upload, submit_job
 from tests.conftest import declare_test_queue, encode, photo, routes_to, wait_for_job
 
 pytestmark = pytest.mark.integration
@@ -120,6 +123,10 @@ def test_an_image_audited_before_keeps_its_score_and_skips_the_model(client, wor
     assert "nsfw_reused" not in first["audit"]  # the classifier ran
     assert again["audit"]["nsfw_reused"] is True and again["audit"]["scores"]["nsfw"] == first["audit"]["scores"]["nsfw"]
     assert again["audit"]["checks"] == first["audit"]["checks"]  # the checks ran afresh, on the same image
+    rt = client.application.extensions["pixelmill"]
+    other = submit_job(rt, tenant="another-tenant", upload=Upload("photo.png", image), params=JobParams(**params))
+    other = wait_for_job(lambda job_id: job_view(rt.store.fetch(job_id)).model_dump(mode="json"), other.id)
+    assert other["status"] == "succeeded" and "nsfw_reused" not in other["audit"]  # kept per tenant, as the caches
 
 
 def test_batch_runs_every_image(client, workers):
