@@ -176,7 +176,7 @@ class Settings(BaseSettings):
     # --- lifetimes ------------------------------------------------------------------------
     job_ttl_s: int = 7 * 24 * 3600
     latent_ttl_s: int = Field(24 * 3600, gt=0, description="latents and their near-duplicate index")
-    result_ttl_s: int = Field(24 * 3600, gt=0, description="whole results reused for identical requests")
+    result_ttl_s: int = Field(24 * 3600, gt=0, description="whole results reused for identical requests, and the audit's kept NSFW scores")
 
     # --- latent cache (docs/cache.md) ---------------------------------------------------------
     cache_redis_url: str | None = Field(None, description="a separate Redis for the cache (allkeys-lru); "

@@ -11,7 +11,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import redis
 
 from safety.nsfw import NsfwClassifier, get_classifier
 from safety.policy import Action, blur, decide
@@ -23,7 +22,6 @@ from tasks.celery_app import app
 from tasks.errors import PixelmillError
 from tasks.jobs import Job, JobStatus
 from tasks.scoring import has_prompt, next_seed, policy_for
-from tasks.store import store_key
 from tasks.worker_runtime import WorkerRuntime
 from tasks.stages.base import Restart, StageResult, load_image, run_stage, save_image
 from workers.errors import EngineError
@@ -41,7 +39,7 @@ def _audit(job: Job, rt: WorkerRuntime) -> StageResult:
     reference = load_image(rt, job.outputs["normalized"])
     quality = check_quality(served, reference=_same_size(reference, served))
     classifier = get_classifier()
-    nsfw, reused = _nsfw_score(rt, classifier, cache_scope(rt, job).token, job.outputs["enhanced"], served)
+    nsfw, reused = _nsfw_score(rt, classifier, job, served)
     result = decide(nsfw_score=nsfw, quality=quality, policy=rt.audit_policy(job.tenant), model=classifier.name)
     policy = policy_for(rt, tenant=job.tenant, params=job.params)
     audit = result.to_dict()
@@ -83,28 +81,19 @@ def _end(audit: dict[str, Any], judgement, *, outputs: dict[str, str], **kept: A
     return StageResult(outputs=outputs, end=JobStatus.SUCCEEDED, audit=record, **kept)
 
 
-def _nsfw_score(rt: WorkerRuntime, classifier: NsfwClassifier, scope: str, ref: str,
-                image: np.ndarray) -> tuple[float, bool]:
-    """The classifier's score of the image stored as ``ref``, and whether it was reused. Blobs are
-    content-addressed — the same ref, the same pixels, the same score — so an image the tenant had
-    audited before (a job run again, a result served from the results cache, a style job on a photo
-    seen before) is not classified again while its score is kept (result_ttl_s). Kept in the cache's
-    ``scope`` (PIXELMILL_CACHE_SCOPE: per tenant unless the operator shares it): a reused score shows
-    on the job, and must not tell one tenant that another made the same image. Keyed by the model
-    too; a Redis error only means the model runs."""
+def _nsfw_score(rt: WorkerRuntime, classifier: NsfwClassifier, job: Job, image: np.ndarray) -> tuple[float, bool]:
+    """The classifier's score of the image audited (stored as ``enhanced``), and whether it was
+    reused: an image the job's cache scope had scored before (a job run again, a result served from
+    the results cache, a style job on a photo seen before) keeps its score with the results
+    (cache.results: result_ttl_s, per tenant unless PIXELMILL_CACHE_SCOPE shares it — a reused score
+    shows on the job, and must not tell one tenant that another made the same image)."""
+    token, ref = cache_scope(rt, job).token, job.outputs["enhanced"]
     model = hashlib.sha256(classifier.name.encode()).hexdigest()[:16]
-    key = store_key("nsfw", model, scope, ref)
-    try:
-        kept = rt.redis.get(key)
-    except redis.RedisError:
-        kept = None
+    kept = rt.cache.results.fetch_score(token=token, model=model, ref=ref)
     if kept is not None:
-        return float(kept), True
+        return kept, True
     score = classifier.score(image)
-    try:
-        rt.redis.set(key, repr(score), ex=rt.settings.result_ttl_s)
-    except redis.RedisError as e:
-        log.warning("audit: could not keep the NSFW score of %s: %s", ref, e)
+    rt.cache.results.save_score(token=token, model=model, ref=ref, score=score)
     return score, False
 
 
