@@ -35,8 +35,9 @@ def machine() -> str:
 
 class JobWaiter:
     """Waits for jobs to end as a client of the live API does: woken by the tenant's events (what
-    ``GET /api/v1/events`` streams: a job's start and its end), then one read of the records. No
-    polling loop competes with the workers for the machine's cores."""
+    ``GET /api/v1/events`` streams: a job's start and its end, each with the job's record), the
+    record of a job's end taken from its event. No polling loop, and no read of the store while
+    the job runs, competes with the workers for the machine's cores."""
 
     def __init__(self, rt, tenant: str) -> None:
         from tasks.live import channel_for
@@ -47,11 +48,26 @@ class JobWaiter:
 
     def wait(self, ids: list[str]) -> list:
         """The jobs ``ids`` once every one of them has ended."""
-        while True:
-            jobs = [self._rt.store.fetch(job_id) for job_id in ids]
-            if all(job.status.is_terminal() for job in jobs):
-                return jobs
-            self._live.get_message(timeout=1.0)
+        from tasks.events import JobEvent
+        from tasks.jobs import Job
+
+        ended: dict = {}
+        look = time.monotonic() + 1.0
+        while len(ended) < len(ids):
+            message = self._live.get_message(timeout=max(0.0, look - time.monotonic()))
+            if time.monotonic() >= look:  # every second, read the records: an event may have gone by unseen
+                for job in (self._rt.store.fetch(job_id) for job_id in ids if job_id not in ended):
+                    if job.status.is_terminal():
+                        ended[job.id] = job
+                look = time.monotonic() + 1.0
+            if message is None:
+                continue
+            event = JobEvent.from_json(message["data"])
+            if event.job_id in ids and event.snapshot is not None:
+                job = Job.from_dict(event.snapshot)
+                if job.status.is_terminal():
+                    ended[job.id] = job
+        return [ended[job_id] for job_id in ids]
 
 
 def distinct_photos(count: int, size: int) -> list:

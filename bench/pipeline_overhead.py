@@ -27,7 +27,7 @@ from stack.redis_server import RedisServer  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--jobs", type=int, default=20)
+    parser.add_argument("--jobs", type=int, default=40)
     parser.add_argument("--size", type=int, default=384)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace, worker: subprocess.Popen) -> None:
             parts.setdefault(f"{stage}: wait (queue hop, start transition)", []).append(record.started_at - previous)
             parts.setdefault(f"{stage}: run (work, blobs, finish transition)", []).append(record.finished_at - record.started_at)
             previous = record.finished_at
-        parts.setdefault("seen done (the live event, then a read of the record)", []).append(wall_start + total - previous)
+        parts.setdefault("seen done (the live event that carries the record)", []).append(wall_start + total - previous)
         return total
 
     repeated = encode_png(np.ascontiguousarray(data.astronaut()))  # the issue's method: this photo, every job
@@ -172,10 +172,11 @@ returned to the bench, as the record and the first stage's message go out in one
 {table(("part", "median"), [(name, f"{value * 1000:.1f} ms") for name, value in breakdown])}
 
 The service side waits for each job as a client of the live API does: woken by the job's events on
-the tenant's channel (what `GET /api/v1/events` streams), then one read of the record. Until
-2026-12-02 it polled the record every millisecond, and on two cores that loop took CPU from the
+the tenant's channel (what `GET /api/v1/events` streams), taking the record from the event of its end.
+Until 2026-12-02 it polled the record every millisecond, and on two cores that loop took CPU from the
 worker: the same code measured 1.33× polling and 1.16× waiting on the events, in two runs of
-this command minutes apart.
+this command minutes apart. Until late on 2026-12-03 it also read the record at the job's start and end
+events (two reads and a wake-up per job that a client of the stream does not need).
 
 What changed on the service's path (issue "Lean per-job path"), each measured with this command when it
 still ran every job on the one photo:
@@ -190,6 +191,11 @@ still ran every job on the one photo:
 - **A kept NSFW score** (`tasks/stages/audit.py`): an image audited before — the same bytes — is
   not classified again (`audit.nsfw_reused`); this is the whole of the one-photo row's gain over the
   distinct photos' beyond the blobs and decodes it also saves.
+- **Uncompressed intermediates** (`save_image(..., intermediate=True)`, `safety/png.py`): the
+  normalised input and a style job's restyled image, which only later stages read, are written as
+  PNGs of stored (uncompressed) deflate blocks: ~0.1 ms to encode a 384² image where compressing
+  took ~1.8, at ~1.7× the bytes on disk. What is served (the result, the input, control maps, a
+  restyled image that enhance passes through) stays compressed.
 
 Where the distinct photos' extra time goes, against the direct path: submit and encode together
 (the upload decoded and re-encoded at submit as the direct path's validation does, then decoded

@@ -28,12 +28,12 @@ def _encode(job: Job, rt: WorkerRuntime, *, queue: str | None = None) -> StageRe
     params = job.job_params
     image = load_image(rt, job.input_ref)
     if params.engine == "style":
-        return StageResult(outputs={"normalized": save_image(rt, fit_within(image, params.size))})
+        return StageResult(outputs={"normalized": save_image(rt, fit_within(image, params.size), intermediate=True)})
 
     loaded = rt.diffusion(params.model, dtype=rt.dtype_for(queue))  # at the dtype of the queue it came from
     engine = loaded.engine
     normalised = normalise_for_diffusion(image, size=params.size, multiple=engine.vae_scale_factor)
-    outputs = {"normalized": save_image(rt, normalised)}
+    outputs = {"normalized": save_image(rt, normalised, intermediate=True)}  # read by generate and audit
     outcome = rt.cache.fetch_or_compute(
         normalised,
         spec=encoder_spec(params, loaded),

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from tasks.celery_app import app
-from tasks.jobs import Job
+from tasks.jobs import Job, JobParams
 from tasks.models import resolve_faces
 from tasks.worker_runtime import WorkerRuntime
 from tasks.stages.base import StageResult, load_image, run_stage, save_image
@@ -20,11 +20,21 @@ def enhance(self, job_id: str) -> None:
     run_stage(self, job_id, "enhance", _enhance)
 
 
+def passes_through(params: JobParams) -> bool:
+    """Whether enhance has nothing to do for these parameters: the generated image is then served
+    as it is (so generate writes it as a final image, not as an intermediate)."""
+    return _options(params) == EnhanceOptions() and params.face_restore is None
+
+
+def _options(params: JobParams) -> EnhanceOptions:
+    return EnhanceOptions(upscale=params.upscale, sharpen=params.sharpen, local_contrast=params.local_contrast)
+
+
 def _enhance(job: Job, rt: WorkerRuntime) -> StageResult:
     params = job.job_params
-    options = EnhanceOptions(upscale=params.upscale, sharpen=params.sharpen, local_contrast=params.local_contrast)
-    if options == EnhanceOptions() and params.face_restore is None:
+    if passes_through(params):
         return StageResult(outputs={"enhanced": job.outputs["generated"]})
+    options = _options(params)
     image = load_image(rt, job.outputs["generated"])
     faces = None
     if params.face_restore is not None:  # before the upscale: the restorer sees faces at their own size

@@ -14,6 +14,7 @@ from tasks.generation import CONTROL_OUTPUT, generate_params, prompt_lookup
 from tasks.jobs import Job
 from tasks.worker_runtime import WorkerRuntime
 from tasks.stages.base import StageResult, delivered_from, load_image, run_stage, save_image
+from tasks.stages.enhance import passes_through
 from workers.preview import preview_png
 from workers.styles import apply_style
 
@@ -30,7 +31,7 @@ def _generate(job: Job, rt: WorkerRuntime, *, queue: str | None = None) -> Stage
     if params.engine == "style":
         image = load_image(rt, job.outputs["normalized"])
         styled = apply_style(image, params.style, strength=params.style_strength)
-        return StageResult(outputs={"generated": save_image(rt, styled)})
+        return StageResult(outputs={"generated": save_image(rt, styled, intermediate=not passes_through(params))})
 
     loaded = rt.diffusion(params.model, dtype=rt.dtype_for(queue))  # at the dtype of the queue it came from
     engine = loaded.engine

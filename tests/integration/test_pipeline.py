@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from cache.latents import latent_redis_key
+from safety.png import decode_png
 from tasks.jobs import JobParams
 from tasks.present import job_view
 from tasks.submit import Upload, submit_job
@@ -111,6 +112,29 @@ def test_same_photo_new_prompt_reuses_the_latent(client, workers):
     assert first["status"] == second["status"] == "succeeded"
     assert first["stages"]["encode"]["cached"] is False
     assert second["stages"]["encode"]["cached"] is True
+
+
+def test_intermediates_are_stored_uncompressed_and_what_is_served_compressed(client, workers):
+    """The normalised input and a restyled image that enhance will change are read only by later
+    stages: written uncompressed (fast); the result, and a restyled image served as it is, are not."""
+    rt = client.application.extensions["pixelmill"]
+    image = encode(photo("rocket", size=128))
+
+    def uncompressed(ref: str) -> bool:
+        blob = rt.blobs.fetch(ref)
+        height, width, _ = decode_png(blob).shape
+        return len(blob) > height * (width * 3 + 1)  # every row, its filter byte, and the headers
+
+    upscaled = rt.store.fetch(wait_for_job(_fetcher(client), _submit(client, image, engine="style", style="cartoon",
+                                                                      size=128, upscale=2).get_json()["id"])["id"])
+    as_is = rt.store.fetch(wait_for_job(_fetcher(client), _submit(client, image, engine="style", style="cartoon",
+                                                                   size=128, upscale=1).get_json()["id"])["id"])
+    assert upscaled.status.value == as_is.status.value == "succeeded"
+    assert uncompressed(upscaled.outputs["normalized"]) and uncompressed(upscaled.outputs["generated"])
+    assert not uncompressed(upscaled.outputs["result"])
+    assert as_is.outputs["result"] == as_is.outputs["generated"] and not uncompressed(as_is.outputs["generated"])
+    assert np.array_equal(decode_png(rt.blobs.fetch(as_is.outputs["generated"])),
+                          decode_png(rt.blobs.fetch(upscaled.outputs["generated"])))  # the same pixels either way
 
 
 def test_an_image_audited_before_keeps_its_score_and_skips_the_model(client, workers):

@@ -16,18 +16,29 @@ def _random(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (9, 1), (171, 256), (333, 129)])
-def test_round_trip_is_lossless(shape):
+@pytest.mark.parametrize("compress", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (9, 1), (171, 256), (333, 129), (200, 400)])
+def test_round_trip_is_lossless(shape, compress):
     image = _random(*shape)
-    assert np.array_equal(decode_png(encode_png(image)), image)
+    assert np.array_equal(decode_png(encode_png(image, compress=compress)), image)
 
 
-def test_pillow_reads_what_it_writes():
-    image = _random(64, 48, seed=3)
-    with Image.open(io.BytesIO(encode_png(image)), formats=["PNG"]) as opened:
+@pytest.mark.parametrize("compress", [True, False])
+def test_pillow_reads_what_it_writes(compress):
+    image = _random(250, 300, seed=3)  # uncompressed: 225,250 bytes of rows, four stored deflate blocks
+    with Image.open(io.BytesIO(encode_png(image, compress=compress)), formats=["PNG"]) as opened:
         opened.load()
         assert opened.mode == "RGB" and opened.info == {}  # no metadata chunks
         assert np.array_equal(np.asarray(opened), image)
+
+
+def test_an_intermediate_is_stored_uncompressed():
+    y, x = np.mgrid[0:256, 0:256]
+    smooth = np.stack([x, y, (x + y) // 2], axis=-1).astype(np.uint8)
+    raw = 256 * (256 * 3 + 1)  # each row and its filter byte
+    assert raw < len(encode_png(smooth, compress=False)) < raw + 100  # headers, block headers, checksums
+    assert len(encode_png(smooth)) < raw / 10
+    assert encode_png(smooth, compress=False) == encode_png(smooth.copy(), compress=False)
 
 
 def test_same_pixels_same_bytes():
@@ -57,8 +68,9 @@ def test_refuses_what_is_not_an_rgb_uint8_array():
         encode_png(np.zeros((4, 4, 3), np.float32))
 
 
-def test_damaged_data_is_not_decoded_as_pixels():
-    png = bytearray(encode_png(_random(32, 32)))
-    png[60:70] = b"\0" * 10  # inside the compressed data
+@pytest.mark.parametrize("compress", [True, False])
+def test_damaged_data_is_not_decoded_as_pixels(compress):
+    png = bytearray(encode_png(_random(32, 32), compress=compress))
+    png[60:70] = bytes(255 - b for b in png[60:70])  # inside the deflate stream
     with pytest.raises(Exception):
         decode_png(bytes(png))
