@@ -194,7 +194,7 @@ The service side runs the whole job: upload validation, VAE encode (cached per i
 denoising loop, enhance, the NSFW audit and PNG blobs between stages, on a gpu-queue worker
 (threads pool, model resident and warmed up, batches of up to {CONCURRENT}, 30 ms max wait)
 and a cpu worker; the bench waits for each job as a client of the live API does (woken by the
-tenant's events, then a read of the records), not in a polling loop that would take CPU from the
+tenant's events, the record of a job's end taken from its event), not in a polling loop that would take CPU from the
 workers. The raw side calls the pipeline only (no audit, no files). On this CPU a batch of 8
 in one raw call is itself only the last row's ratio faster than batch 1 (the cores are busy at
 batch 1 already), so the 2× goal for dynamic batching is above what batching can give here; on a
