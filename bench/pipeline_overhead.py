@@ -194,7 +194,7 @@ still ran every job on the one photo:
 - **Uncompressed intermediates** (`save_image(..., intermediate=True)`, `safety/png.py`): the
   normalised input and a style job's restyled image, which only later stages read, are written as
   PNGs of stored (uncompressed) deflate blocks: ~0.1 ms to encode a 384² image where compressing
-  took ~1.8, at ~1.7× the bytes on disk. What is served (the result, the input, control maps, a
+  took 1.5–1.8, at ~1.7× the bytes on disk. What is served (the result, the input, control maps, a
   restyled image that enhance passes through) stays compressed.
 
 Where the distinct photos' extra time goes, against the direct path: submit and encode together
