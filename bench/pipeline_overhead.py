@@ -1,7 +1,7 @@
 """What the service costs on top of the work: style jobs through pixelmill (HTTP-free submit →
 real Celery worker → result) vs the same engines called in one process, side by side.
 
-    .venv/bin/python bench/pipeline_overhead.py [--jobs 20] [--no-write]
+    .venv/bin/python bench/pipeline_overhead.py [--jobs 40] [--no-write]
 
 Prints medians and the ratio and writes its section of docs/benchmarks.md. It starts its own
 private Redis and one worker.
