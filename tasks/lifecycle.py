@@ -79,8 +79,10 @@ def start_process() -> None:
                                lease_ttl_s=get_services().settings.stage_lease_s).start()
         _state = "ready"
         return
+    from tasks import malloc
     from tasks.worker_runtime import get_worker_runtime
 
+    malloc.tune()  # image buffers reused job after job, not mapped afresh (tasks.malloc)
     rt = get_worker_runtime()
     if rt.settings.torch_threads:
         import torch
@@ -113,8 +115,10 @@ def describe() -> dict[str, Any]:
     }
     if not _runs_stages():
         return fields
+    from tasks import malloc
     from tasks.worker_runtime import get_worker_runtime
 
+    malloc.tune()  # image buffers reused job after job, not mapped afresh (tasks.malloc)
     rt = get_worker_runtime()
     loaded = rt.loaded_diffusion()
     if loaded is not None:
