@@ -196,6 +196,11 @@ still ran every job on the one photo:
   PNGs of stored (uncompressed) deflate blocks: ~0.1 ms to encode a 384² image where compressing
   took 1.5–1.8, at ~1.7× the bytes on disk. What is served (the result, the input, control maps, a
   restyled image that enhance passes through) stays compressed.
+- **Malloc thresholds fixed in the workers** (`tasks/malloc.py`, 2026-12-04): glibc handed a stage's
+  freed image buffers back to the kernel after each job, and the next job's restyle faulted them in
+  again (700–1,550 page faults a call inside the worker, none in one process); with the heap kept,
+  the generate stage runs as fast as the direct style call, and this bench went from 1.17–1.24× to
+  1.11–1.14× on a photo per job.
 
 Where the distinct photos' extra time goes, against the direct path: submit and encode together
 (the upload decoded and re-encoded at submit as the direct path's validation does, then decoded
