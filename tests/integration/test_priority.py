@@ -60,7 +60,7 @@ def test_a_low_job_still_runs_while_high_jobs_keep_coming(tmp_path, tiny_model):
         def submit(level: str) -> str:
             return cluster.submit(image, style="sketch", size=64, priority=level)["id"]
 
-        highs = [submit("high") for _ in range(16)]
+        highs = [submit("high") for _ in range(48)]
         low, submitted = submit("low"), time.monotonic()
         started = None  # when the low job was first seen out of the queue
         fewest_waiting = None  # the shortest cpu.high seen while the low job was still queued
@@ -72,9 +72,10 @@ def test_a_low_job_still_runs_while_high_jobs_keep_coming(tmp_path, tiny_model):
                 fewest_waiting = waiting if fewest_waiting is None else min(fewest_waiting, waiting)
             elif started is None:
                 started = time.monotonic()
-            if waiting < 16:  # the stream never stops: every high job keeps one message in cpu.high, and
-                # a loaded machine (the fault suite runs beside this one) must not drain it between two looks
-                highs += [submit("high") for _ in range(8)]
+            if waiting < 48:  # the stream never stops: every high job keeps one message in cpu.high, and
+                # a loaded machine (the fault suite runs beside this one) must not drain it between two
+                # looks: a 64 px stage takes ~2 ms, and 16 waiting with 8 more at a time was drained once
+                highs += [submit("high") for _ in range(24)]
             time.sleep(0.05)
         ended = time.monotonic()
         still_high = sum(1 for i in highs[-8:] if cluster.job(i)["status"] not in TERMINAL)
@@ -83,7 +84,7 @@ def test_a_low_job_still_runs_while_high_jobs_keep_coming(tmp_path, tiny_model):
     assert job["status"] == "succeeded", job
     assert fewest_waiting, "cpu.high ran empty while the low job waited: the worker was not saturated"
     assert still_high, "the high jobs stopped coming before the low job ended"
-    assert len(highs) > 16, "no high job came after the low one"
+    assert len(highs) > 48, "no high job came after the low one"
     started = started or ended
     assert started - submitted >= 2 * promote_after - 1, \
         f"it started {started - submitted:.1f} s after submit: before the guard lifted it"
