@@ -115,10 +115,8 @@ def describe() -> dict[str, Any]:
     }
     if not _runs_stages():
         return fields
-    from tasks import malloc
     from tasks.worker_runtime import get_worker_runtime
 
-    malloc.tune()  # image buffers reused job after job, not mapped afresh (tasks.malloc)
     rt = get_worker_runtime()
     loaded = rt.loaded_diffusion()
     if loaded is not None:
