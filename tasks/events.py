@@ -68,7 +68,8 @@ class JobEvent:
 
     def around_snapshot(self) -> AroundRecord:
         """The event as the transition script writes it: its snapshot is the record it writes."""
-        return AroundRecord({f.name: getattr(self, f.name) for f in fields(self) if f.name != "snapshot"}, "snapshot")
+        head = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "snapshot"}
+        return AroundRecord.member(head, "snapshot")
 
     def to_json(self) -> str:
         # shallow (asdict deep-copies the snapshot: it was the costliest line of a transition)

@@ -68,7 +68,7 @@ def stage_job(pipe: Writes, job: Job) -> None:
     message that cannot be built is logged and skipped, and the transition goes on."""
     _remember_batch(job.id, job.batch_id)
     try:
-        message = AroundRecord(job_message(job), "record")
+        message = AroundRecord.member(job_message(job), "record")
         for channel in _channels(job.id, job.batch_id):
             pipe.publish(channel, message)
     except Exception:  # noqa: BLE001 - a live update must never fail a state change

@@ -11,10 +11,13 @@ Written (each in one pipeline, a handful of commands, never raising into a stage
 
 The same fields go to a ``totals`` hash (since the start, for Prometheus counters) and to a hash
 per minute (TTL ~2 h, for "the last hour" on the dashboard). Field names:
-``lat:<stage>:<queue>:<bucket>``, ``lat_sum:<stage>:<queue>``, ``dev:<stage>:<queue>``,
-``usd:<queue>``, ``jobs:<state>``, ``img:<queue>``, ``webhook:<outcome>``, ``created``, and per
-priority for succeeded jobs ``sla:<wait|total>:<priority>:<bucket>``, ``sla_sum:…`` and
-``breach:<priority>`` (service levels: tasks.priority). Ended jobs' quality scores (of the attempt
+``lat:<stage>:<queue>:<bucket>``, ``lat_us:<stage>:<queue>`` (the sum, in whole microseconds),
+``dev_us:<stage>:<queue>``, ``usd:<queue>``, ``jobs:<state>``, ``img:<queue>``,
+``webhook:<outcome>``, ``created``, and per priority for succeeded jobs
+``sla:<wait|total>:<priority>:<bucket>``, ``sla_us:…`` and ``breach:<priority>`` (service levels:
+tasks.priority). Sums of seconds are integers of microseconds, added by HINCRBY: Redis takes three
+times as long over an HINCRBYFLOAT, and a job's end adds a few dozen of them. The float fields
+written before (``lat_sum:``, ``dev:``, ``sla_sum:``, in seconds) are still read. Ended jobs' quality scores (of the attempt
 served): ``score:<clipscore|sharpness>:<bucket>`` and ``score_sum:…`` (buckets: ``SCORE_BUCKETS``).
 
 Each tenant has the same two kinds of hash (``tenant:<tenant>:totals`` and ``…:minute:<m>``), for
@@ -162,12 +165,12 @@ class Aggregate:
             stage, _, rest = rest.partition(":")
             queue, _, index = rest.rpartition(":")
             self.latency.setdefault((stage, queue), Histogram()).counts[int(index)] += int(value)
-        elif kind == "lat_sum":
+        elif kind in ("lat_us", "lat_sum"):
             stage, _, queue = rest.partition(":")
-            self.latency.setdefault((stage, queue), Histogram()).sum += float(value)
-        elif kind == "dev":
+            self.latency.setdefault((stage, queue), Histogram()).sum += _seconds(kind, value)
+        elif kind in ("dev_us", "dev"):
             stage, _, queue = rest.partition(":")
-            self.device_s[(stage, queue)] = self.device_s.get((stage, queue), 0.0) + float(value)
+            self.device_s[(stage, queue)] = self.device_s.get((stage, queue), 0.0) + _seconds(kind, value)
         elif kind == "usd":
             self.usd[rest] = self.usd.get(rest, 0.0) + float(value)
         elif kind in ("jobs", "img", "webhook"):
@@ -179,9 +182,9 @@ class Aggregate:
             measure, _, rest = rest.partition(":")
             priority, _, index = rest.rpartition(":")
             self.sla.setdefault((measure, priority), Histogram()).counts[int(index)] += int(value)
-        elif kind == "sla_sum":
+        elif kind in ("sla_us", "sla_sum"):
             measure, _, priority = rest.partition(":")
-            self.sla.setdefault((measure, priority), Histogram()).sum += float(value)
+            self.sla.setdefault((measure, priority), Histogram()).sum += _seconds(kind, value)
         elif kind == "breach":
             self.breaches[rest] = self.breaches.get(rest, 0) + int(value)
         elif kind == "score" and (metric := rest.rpartition(":")[0]) in SCORE_BUCKETS:
@@ -221,7 +224,30 @@ class Aggregate:
         return sum(h.count for (name, _), h in self.latency.items() if name == stage)
 
 
+def _seconds(kind: str, value: str) -> float:
+    """A sum of seconds as stored: whole microseconds (``…_us``), or seconds (the fields before)."""
+    return int(value) / 1e6 if kind.endswith("_us") else float(value)
+
+
 # --- writes -----------------------------------------------------------------------------------------
+
+def _micros(seconds: float) -> int:
+    return round(seconds * 1e6)
+
+
+def add_counts(pipe: redis.client.Pipeline | Writes, keys: tuple[str, ...], amounts: dict[str, int | float]) -> None:
+    """Add each amount to its field of every hash in ``keys``: on a transition, as one compact
+    group (``Writes.add_counts``); on a pipeline, as HINCRBY (int) / HINCRBYFLOAT (float) commands."""
+    if isinstance(pipe, Writes):
+        pipe.add_counts(keys, amounts)
+        return
+    for key in keys:
+        for name, amount in amounts.items():
+            if type(amount) is int:
+                pipe.hincrby(key, name, amount)
+            else:
+                pipe.hincrbyfloat(key, name, amount)
+
 
 def stage_metrics(pipe: redis.client.Pipeline | Writes, *, stage: str, queue: str | None, seconds: float,
                   device_s: float, prices: Mapping[str, float], now: float | None = None) -> None:
@@ -229,14 +255,13 @@ def stage_metrics(pipe: redis.client.Pipeline | Writes, *, stage: str, queue: st
     queued on a pipeline or a transition (no I/O here); never raises."""
     try:
         q = queue or UNKNOWN_QUEUE
-        usd = stage_cost_usd(device_s, queue, prices)
+        amounts: dict[str, int | float] = {f"lat:{stage}:{q}:{bucket_index(seconds)}": 1,
+                                           f"lat_us:{stage}:{q}": _micros(seconds),
+                                           f"dev_us:{stage}:{q}": _micros(device_s)}
+        if usd := stage_cost_usd(device_s, queue, prices):
+            amounts[f"usd:{q}"] = float(usd)
         minute = _minute_key(minute_of(time.time() if now is None else now))
-        for key in (metrics_key("totals"), minute):
-            pipe.hincrby(key, f"lat:{stage}:{q}:{bucket_index(seconds)}", 1)
-            pipe.hincrbyfloat(key, f"lat_sum:{stage}:{q}", round(seconds, 6))
-            pipe.hincrbyfloat(key, f"dev:{stage}:{q}", round(device_s, 6))
-            if usd:
-                pipe.hincrbyfloat(key, f"usd:{q}", usd)
+        add_counts(pipe, (metrics_key("totals"), minute), amounts)
         pipe.expire(minute, MINUTE_TTL_S)
     except Exception as e:  # noqa: BLE001 — a metric is never worth a failed stage
         log.warning("metrics: could not record %s on %s: %s", stage, queue, e)
@@ -270,59 +295,61 @@ def count_transition(pipe: Writes, before: JobStatus, job: Job, *, now: float | 
         pipe.hdel(metrics_key("active"), job.id)
         at = minute_of(time.time() if now is None else now)
         minute, tenant_minute = _minute_key(at), _minute_key(at, job.tenant)
-        queues = sorted({r.queue for r in job.stages.values() if r.done and r.queue})
-        for key in (metrics_key("totals"), minute, _totals_key(job.tenant), tenant_minute):
-            pipe.hincrby(key, f"jobs:{job.status.value}", 1)
-            if job.status is JobStatus.SUCCEEDED:
-                for queue in queues:
-                    pipe.hincrby(key, f"img:{queue}", 1)
-        for key in (_totals_key(job.tenant), tenant_minute):  # the service's own are written per stage
-            _job_stages(pipe, key, job)
-        for key in (metrics_key("totals"), minute, _totals_key(job.tenant), tenant_minute):
-            _job_scores(pipe, key, job)
+        every = (metrics_key("totals"), minute, _totals_key(job.tenant), tenant_minute)
+        amounts: dict[str, int | float] = {f"jobs:{job.status.value}": 1}
         if job.status is JobStatus.SUCCEEDED:
-            for key in (metrics_key("totals"), minute, _totals_key(job.tenant), tenant_minute):
-                _job_sla(pipe, key, job, target_s=(sla_target_s or {}).get(job.params.get("priority", "normal")))
+            amounts.update((f"img:{queue}", 1) for queue in sorted({r.queue for r in job.stages.values()
+                                                                     if r.done and r.queue}))
+            amounts.update(_job_sla(job, target_s=(sla_target_s or {}).get(job.params.get("priority", "normal"))))
+        amounts.update(_job_scores(job))
+        add_counts(pipe, every, amounts)
+        add_counts(pipe, every[2:], _job_stages(job))  # the service's own are written per stage
         pipe.expire(minute, MINUTE_TTL_S)
         pipe.expire(tenant_minute, MINUTE_TTL_S)
     except Exception as e:  # noqa: BLE001
         log.warning("metrics: could not count job %s moving to %s: %s", job.id, job.status.value, e)
 
 
-def _job_stages(pipe: Writes, key: str, job: Job) -> None:
+def _job_stages(job: Job) -> dict[str, int | float]:
     """The latency and device-seconds of a job's finished stages, as stage_metrics writes them."""
+    amounts: dict[str, int | float] = {}
     for stage, record in job.stages.items():
         if not record.done:
             continue
         q = record.queue or UNKNOWN_QUEUE
         seconds = record.seconds or 0.0
-        pipe.hincrby(key, f"lat:{stage}:{q}:{bucket_index(seconds)}", 1)
-        pipe.hincrbyfloat(key, f"lat_sum:{stage}:{q}", round(seconds, 6))
+        amounts[f"lat:{stage}:{q}:{bucket_index(seconds)}"] = 1
+        amounts[f"lat_us:{stage}:{q}"] = _micros(seconds)
         if record.device_s:
-            pipe.hincrbyfloat(key, f"dev:{stage}:{q}", round(record.device_s, 6))
+            amounts[f"dev_us:{stage}:{q}"] = _micros(record.device_s)
+    return amounts
 
 
-def _job_scores(pipe: Writes, key: str, job: Job) -> None:
+def _job_scores(job: Job) -> dict[str, int | float]:
     """An ended job's quality scores (of the attempt served), in their histograms."""
     scores = (job.audit or {}).get("scores") or {}
+    amounts: dict[str, int | float] = {}
     for metric, bounds in SCORE_BUCKETS.items():
         value = scores.get(metric)
         if isinstance(value, int | float):
-            pipe.hincrby(key, f"score:{metric}:{bucket_index(value, bounds)}", 1)
-            pipe.hincrbyfloat(key, f"score_sum:{metric}", round(float(value), 6))
+            amounts[f"score:{metric}:{bucket_index(value, bounds)}"] = 1
+            amounts[f"score_sum:{metric}"] = round(float(value), 6)
+    return amounts
 
 
-def _job_sla(pipe: Writes, key: str, job: Job, *, target_s: float | None) -> None:
+def _job_sla(job: Job, *, target_s: float | None) -> dict[str, int | float]:
     """A succeeded job's service level, per priority: its total latency (submit → end), the part
     of it spent waiting in queues (total − its stages' own time), and a breach past the target."""
     priority = job.params.get("priority", "normal")
     total = max((job.finished_at or job.updated_at) - job.created_at, 0.0)
     wait = max(total - sum(r.seconds or 0.0 for r in job.stages.values() if r.done), 0.0)
+    amounts: dict[str, int | float] = {}
     for measure, seconds in (("total", total), ("wait", wait)):
-        pipe.hincrby(key, f"sla:{measure}:{priority}:{bucket_index(seconds)}", 1)
-        pipe.hincrbyfloat(key, f"sla_sum:{measure}:{priority}", round(seconds, 6))
+        amounts[f"sla:{measure}:{priority}:{bucket_index(seconds)}"] = 1
+        amounts[f"sla_us:{measure}:{priority}"] = _micros(seconds)
     if target_s is not None and total > target_s:
-        pipe.hincrby(key, f"breach:{priority}", 1)
+        amounts[f"breach:{priority}"] = 1
+    return amounts
 
 
 def record_webhook(client: redis.Redis, outcome: str, *, tenant: str | None = None, now: float | None = None) -> None:

@@ -8,6 +8,12 @@ broker is the job store's Redis (the default). So a stage is never done with its
 unsent, and a hop costs no publish of its own. With another broker (RabbitMQ), the message is
 published through Celery right after the transition; if that publish is lost, the reaper sends
 the stage again once it has waited stage_deadline_s.
+
+A message queued that way also carries the job's record as that transition (or submit) wrote it,
+in the header ``pixelmill_record``: the next stage starts its compare-and-set from it instead of
+reading the record first (a round trip per stage). It is only where the change starts: if the job
+changed since (canceled, sent back), the script answers the current record and the change is made
+again on that.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from tasks.jobs import Job
 from tasks.priority import JOB_CREATED_HEADER, queue_for
 from tasks.quality import quality_queue
 from tasks.settings import STAGES, Settings
+from tasks.transition import AroundRecord
 
 # (stage, engine) → queue; "*" matches any engine.
 DEFAULT_ROUTES: dict[str, str] = {
@@ -55,6 +62,7 @@ def stage_queue(job: Job, stage: str, settings: Settings) -> str:
 
 
 ROUTE_HEADER = "pixelmill_route"  # on every stage message: {stage: queue}, as decided when the job was sent
+RECORD_HEADER = "pixelmill_record"  # on a message queued with a transition: the record it wrote
 
 
 def plan_route(job: Job, settings: Settings) -> dict[str, str]:
@@ -76,7 +84,15 @@ class StageMessage:
     any message Celery published (a priority-0 message's list is the queue's name)."""
 
     queue: str
-    payload: bytes
+    payload: bytes  # the envelope; its headers are its last member, so the record can close both
+
+    def with_record(self, record: bytes) -> bytes:
+        """The message with ``record`` (the job's, as written with it) in its headers."""
+        return self.payload[:-2] + f',"{RECORD_HEADER}":'.encode() + record + b"}}"
+
+    def around_record(self) -> AroundRecord:
+        """The message for a transition, which puts the record it writes in its headers."""
+        return AroundRecord(self.payload[:-2].decode() + f',"{RECORD_HEADER}":', "}}")
 
 
 def stage_message(job: Job, stage: str, route: dict[str, str], *, parent_id: str | None = None) -> StageMessage:
@@ -91,9 +107,10 @@ def stage_message(job: Job, stage: str, route: dict[str, str], *, parent_id: str
     content_type, encoding, data = dumps(body, serializer="json")
     envelope = {
         "body": base64.b64encode(data.encode() if isinstance(data, str) else data).decode(),
-        "content-encoding": encoding, "content-type": content_type, "headers": headers,
+        "content-encoding": encoding, "content-type": content_type,
         "properties": {**properties, "delivery_mode": 2, "delivery_info": {"exchange": "", "routing_key": queue},
                        "priority": 0, "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())},
+        "headers": headers,  # last: StageMessage.with_record
     }
     return StageMessage(queue=queue, payload=orjson.dumps(envelope))
 

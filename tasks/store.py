@@ -77,36 +77,43 @@ class JobStore:
     def create(self, job: Job, *, handoff: StageMessage | None = None) -> Job:
         """Write a new job; with ``handoff`` (its first stage's message) it is queued in the same
         transaction (tasks.pipeline)."""
+        record = _dumps(job)
         with self.redis.pipeline() as pipe:
-            pipe.set(store_key("job", job.id), _dumps(job), ex=self.ttl_s, nx=True)
+            pipe.set(store_key("job", job.id), record, ex=self.ttl_s, nx=True)
             pipe.zadd(store_key("recent", job.tenant), {job.id: job.created_at})
             pipe.zremrangebyrank(store_key("recent", job.tenant), 0, -1001)
             pipe.sadd(store_key("active", job.tenant), job.id)
             keep_blobs(pipe, [job.input_ref], until=time.time() + self.ttl_s)  # as long as the record lives
             count_created(pipe, [job])
-            _push(pipe, [handoff])
+            if handoff is not None:
+                pipe.lpush(handoff.queue, handoff.with_record(record))
             pipe.execute()
         return job
 
     def create_batch(self, batch: Batch, jobs: list[Job], *,
                      handoffs: list[StageMessage | None] | None = None) -> Batch:
+        records = [_dumps(job) for job in jobs]
         with self.redis.pipeline() as pipe:
-            for job in jobs:
-                pipe.set(store_key("job", job.id), _dumps(job), ex=self.ttl_s, nx=True)
+            for job, record in zip(jobs, records, strict=True):
+                pipe.set(store_key("job", job.id), record, ex=self.ttl_s, nx=True)
                 pipe.zadd(store_key("recent", job.tenant), {job.id: job.created_at})
                 pipe.sadd(store_key("active", job.tenant), job.id)
             pipe.set(store_key("batch", batch.id), json.dumps(batch.to_dict()), ex=self.ttl_s)
             keep_blobs(pipe, [job.input_ref for job in jobs], until=time.time() + self.ttl_s)
             count_created(pipe, jobs)
-            _push(pipe, handoffs or [])
+            for message, record in zip(handoffs or [], records):  # a job's first message, or None
+                if message is not None:
+                    pipe.lpush(message.queue, message.with_record(record))
             pipe.execute()
         return batch
 
     def start_stage(self, job_id: str, stage: str, *, queue: str | None, worker: str | None,
-                    admit: Callable[[Job], None] | None = None, lease: tuple[str, int] | None = None) -> Job:
+                    admit: Callable[[Job], None] | None = None, lease: tuple[str, int] | None = None,
+                    record: bytes | None = None) -> Job:
         """Enter a stage (also on a re-delivery: attempts counts every start). ``admit`` sees the
         job first and may refuse it by raising (nothing is written then). ``lease`` (holder, TTL)
-        is written with the change (tasks.leases)."""
+        is written with the change (tasks.leases). ``record``: the job's record as the stage's
+        message carried it (tasks.pipeline), where the change starts instead of a read."""
 
         def change(job: Job) -> None:
             if admit is not None:
@@ -121,7 +128,7 @@ class JobStore:
             if lease is not None:
                 w.set(store_key("lease", job_id, stage), lease[0], ex=lease[1])
 
-        return self._update(job_id, change, also=take_lease)
+        return self._update(job_id, change, also=take_lease, base=record)
 
     def finish_stage(self, job_id: str, stage: str, *, outputs: dict[str, str], cached: bool = False,
                      cache: dict[str, Any] | None = None, end: JobStatus | None = None,
@@ -288,11 +295,11 @@ class JobStore:
         return self._update(job_id, change)
 
     def _update(self, job_id: str, change: Callable[[Job], None],
-                also: Callable[[Writes], None] | None = None) -> Job:
+                also: Callable[[Writes], None] | None = None, base: bytes | None = None) -> Job:
         """Apply ``change`` to the job and write it with everything that goes with it, in one
-        compare-and-set (``tasks.transition``). It starts from the record this process last
-        wrote when it has one, else reads it; if the job changed meanwhile, the script answers
-        the current record and the change is made again on that."""
+        compare-and-set (``tasks.transition``). It starts from ``base`` when given, else from the
+        record this process last wrote when it has one, else reads it; if the job changed
+        meanwhile, the script answers the current record and the change is made again on that."""
         job: Job
         record: bytes
         events: list
@@ -320,6 +327,7 @@ class JobStore:
             return record, writes
 
         known = self._known.pop(job_id, None)
+        known = base if base is not None else known
         try:
             outcome = self._transition.compare_and_set(store_key("job", job_id), make, base=known)
         except Exception:
@@ -358,11 +366,11 @@ def _move(job: Job, status: JobStatus) -> None:
     job.status = status
 
 
-def _push(writes: Any, messages: list[StageMessage | None]) -> None:
-    """Queue stage messages with the writes of a transaction (a pipeline or a transition's)."""
+def _push(writes: Writes, messages: list[StageMessage | None]) -> None:
+    """Queue stage messages with a transition's writes, each carrying the record it writes."""
     for message in messages:
         if message is not None:
-            writes.lpush(message.queue, message.payload)
+            writes.lpush(message.queue, message.around_record())
 
 
 def _canceled(raw: bytes | None) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 import time
 
 import numpy as np
+import orjson
 import redis
 import torch
 from celery import Task
@@ -23,7 +24,7 @@ from tasks.backoff import backoff_s
 from tasks.errors import InvalidTransition, JobNotFound, PixelmillError
 from tasks import leases
 from tasks.jobs import Job, JobStatus
-from tasks.pipeline import ROUTE_HEADER, handoff, hands_off_inline, next_stage, send_stage
+from tasks.pipeline import RECORD_HEADER, ROUTE_HEADER, handoff, hands_off_inline, next_stage, send_stage
 from tasks.priority import base_of
 from tasks.recent_images import RecentImages
 from tasks.settings import STAGES, Settings
@@ -145,7 +146,7 @@ def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
     lease = (str(leases.current_holder()), rt.settings.stage_lease_s)
     try:
         job = rt.store.start_stage(job_id, stage, queue=queue, worker=task.request.hostname,
-                                   admit=lambda job: _admit(rt, stage, job), lease=lease)
+                                   admit=lambda job: _admit(rt, stage, job), lease=lease, record=_record_of(task))
     except JobNotFound:
         log.warning("%s: job %s no longer exists; dropping", stage, job_id)
         raise Ignore() from None
@@ -172,6 +173,13 @@ class Hop:
 
     task_id: str | None = None
     route: dict[str, str] | None = None
+
+
+def _record_of(task: Task) -> bytes | None:
+    """The job's record as the message carries it (tasks.pipeline.RECORD_HEADER), serialised as
+    the store writes it (orjson, the same bytes); None from a message without one."""
+    record = getattr(task.request, RECORD_HEADER, None)
+    return orjson.dumps(record) if isinstance(record, dict) else None
 
 
 def _route_of(task: Task) -> dict[str, str] | None:

@@ -93,11 +93,16 @@ def test_diffusion_job_keeps_its_latent_in_redis_not_in_messages(client, workers
 
     messages = [m for m in published if stored.id in m]
     assert len(messages) == 4  # one per stage
+    latent = redis_client.get(latent_redis_key(latent_key))
     for message in messages:
         envelope = json.loads(message.split(" ", 2)[2].strip('"').encode().decode("unicode_escape"))
         args, kwargs, _embed = json.loads(base64.b64decode(envelope["body"]))
         assert args == [stored.id] and kwargs == {}
-        assert latent_key not in message
+        # ids and references only: the job's record rides along (where the next stage's
+        # compare-and-set starts), naming the latent by its key, never its bytes
+        record = envelope["headers"]["pixelmill_record"]
+        assert record["id"] == stored.id and record["outputs"].get("latent") in (None, latent_key)
+        assert base64.b64encode(latent[:48]).decode() not in message and repr(latent[:48])[2:-1] not in message
 
     result = _image(client.get(job["links"]["result"]))
     assert result.shape == (40, 64, 3)  # coffee is 3:2 → longer side 64, sides multiples of 8
