@@ -110,6 +110,39 @@ def test_a_transition_on_a_stale_record_is_made_again_on_the_current_one(redis_c
     assert done.stages["encode"].done and worker.fetch(other.id).stages["encode"].done
 
 
+def test_a_stage_starts_from_the_record_its_message_carried(redis_client):
+    """A stage message queued with a transition carries the record it wrote (tasks.pipeline): the
+    start's compare-and-set begins there, with no read; a carried record that is no longer the
+    job's (changed since, or canceled) only costs the change made again on the current one."""
+    import orjson
+
+    worker, web = JobStore(redis_client), JobStore(redis_client)  # the worker has written nothing yet
+    job = web.create(_job())
+    carried = redis_client.get(store_key("job", job.id))
+    reads: list[str] = []
+    original_get = redis_client.get
+    redis_client.get = lambda key: reads.append(key) or original_get(key)
+    try:
+        started = worker.start_stage(job.id, "encode", queue="cpu", worker="w", record=carried)
+    finally:
+        redis_client.get = original_get
+    assert reads == [] and started.status is JobStatus.ENCODING and started.stages["encode"].attempts == 1
+
+    other = web.create(_job())
+    stale = redis_client.get(store_key("job", other.id))
+    web.touch(other.id)  # changed after its message was queued
+    started = worker.start_stage(other.id, "encode", queue="cpu", worker="w", record=stale)
+    assert started.stages["encode"].attempts == 1
+    assert orjson.loads(redis_client.get(store_key("job", other.id)))["status"] == "encoding"
+
+    canceled = web.create(_job())
+    stale = redis_client.get(store_key("job", canceled.id))
+    web.cancel(canceled.id)
+    with pytest.raises(InvalidTransition):  # the carried record says "queued"; the job's, "canceled"
+        worker.start_stage(canceled.id, "encode", queue="cpu", worker="w", record=stale)
+    assert web.fetch(canceled.id).status is JobStatus.CANCELED and web.fetch(canceled.id).stages["encode"].attempts == 0
+
+
 def test_writes_that_fail_do_not_undo_the_transition(redis_client, caplog):
     store = JobStore(redis_client)
     job = store.create(_job())

@@ -123,6 +123,36 @@ def test_a_stage_records_latency_device_time_and_cost_in_totals_and_its_minute(m
     assert 0 < ttl <= MINUTE_TTL_S
 
 
+def test_a_transition_adds_counter_groups_in_its_script(metrics_redis, caplog):
+    """Counters travel as groups (tasks.transition.Writes.add_counts): every field of a group is
+    added to every hash of it, an int by HINCRBY, a float by HINCRBYFLOAT; the same field added
+    twice is sent once; a hash of the wrong type is reported and the record is written all the same."""
+    from tasks.transition import Transition, Writes
+
+    metrics_redis.set("record", b"{}")
+    metrics_redis.set("not-a-hash", "x")
+    writes = Writes()
+    writes.add_counts(("h1", "h2"), {"n": 1, "us": 1500})
+    writes.add_counts(("h1", "h2"), {"n": 2, "usd": 0.25})
+    writes.add_counts(("not-a-hash", "h3"), {"n": 1})
+    assert writes.counts[("h1", "h2")] == {"n": 3, "us": 1500, "usd": 0.25}
+    result = Transition(metrics_redis).apply("record", b"{}", b'{"v":1}', writes)
+    assert result.applied and metrics_redis.get("record") == b'{"v":1}'
+    for key in ("h1", "h2"):
+        assert metrics_redis.hgetall(key) == {b"n": b"3", b"us": b"1500", b"usd": b"0.25"}
+    assert metrics_redis.hgetall("h3") == {b"n": b"1"}
+    assert len(result.errors) == 1 and "not-a-hash n" in result.errors[0] and "WRONGTYPE" in result.errors[0]
+
+
+def test_sums_are_whole_microseconds_and_the_float_fields_before_them_still_count():
+    agg = Aggregate.parse({b"lat:encode:cpu:0": b"3", b"lat_us:encode:cpu": b"1500000", b"lat_sum:encode:cpu": b"0.5",
+                           b"dev_us:encode:cpu": b"250000", b"dev:encode:cpu": b"0.25",
+                           b"sla:total:normal:4": b"1", b"sla_us:total:normal": b"2000000", b"sla_sum:total:normal": b"1.0"})
+    assert agg.latency[("encode", "cpu")].sum == pytest.approx(2.0)
+    assert agg.device_s[("encode", "cpu")] == pytest.approx(0.5)
+    assert agg.sla[("total", "normal")].sum == pytest.approx(3.0)
+
+
 class _Refusing:
     """A pipeline that fails every command it is given."""
 
