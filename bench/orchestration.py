@@ -173,6 +173,21 @@ and 1.05) at 106 and 122 jobs/s; pixelmill 14.0 and 12.7 ms (10.2 and 9.4, 2.20 
 and 1.28) at 112 and 121 jobs/s — the workers' CPU on a par, Redis' scripts the difference. On two cores throughput follows CPU per job; the rest of
 pixelmill's extra CPU is the eight transitions' scripts (client and Redis) and the leases.
 
+2026-12-04 (second session): Redis' command statistics in 400-job bursts showed the scripts at
+~100 µs a call under load and 40 HINCRBYFLOAT + 34 HINCRBY per job (the metrics); replayed alone, a
+job's terminal transition took 233 µs in Redis against 27 µs without its other writes, and a script
+of 50 HINCRBYFLOAT 195 µs against 77 µs for 50 HINCRBY (35 µs of either just decoding the JSON of 50
+commands). Two changes followed. The metrics travel as compact counter groups (hash keys, then field
+and amount pairs) and every sum of seconds is an integer of microseconds (HINCRBY): eight
+transitions of a job, made by the job store's own calls in one process (a one-off script: four
+stages started and finished, median of 200 jobs), took 3.98 and 4.13 ms where they took 4.38 and
+4.41 ms. And a stage message queued with a transition carries the
+record that transition wrote (header `pixelmill_record`), so the next stage's start begins its
+compare-and-set there instead of reading the record (the first stage's read, and one in two of the
+others' on a two-process pool, ~2.2 reads a job under load). Alternating runs of this bench against
+the commit before (adb743b), `--no-write`: before 1.23× / 0.78× and 1.35× / 0.74×, after 1.25× /
+0.84× and 1.26× / 0.83× (p50 / throughput).
+
 Before the hand-offs (each stage's next link published by Celery's chain after the task) the same
 bench gave 1.57× / 0.59× (2026-12-02, 9311ced), and 1.70× / 0.62× in a shorter run of this session;
 before the transitions became server-side scripts, 1.75× / 0.32× (2026-11-28).""")
