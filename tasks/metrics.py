@@ -1,6 +1,7 @@
 """Service metrics, aggregated in Redis so that every web process reads the same numbers.
 
-Written (each in one pipeline, a handful of commands, never raising into a stage):
+Written (queued on the job store's transitions as counter groups, ``add_counts``; never raising
+into a stage):
 
 - at the end of each stage (``stage_metrics``, in the store's transition that marks it done):
   its latency in a cumulative histogram per stage and queue, its device-seconds and their cost;
@@ -15,10 +16,12 @@ per minute (TTL ~2 h, for "the last hour" on the dashboard). Field names:
 ``dev_us:<stage>:<queue>``, ``usd:<queue>``, ``jobs:<state>``, ``img:<queue>``,
 ``webhook:<outcome>``, ``created``, and per priority for succeeded jobs
 ``sla:<wait|total>:<priority>:<bucket>``, ``sla_us:…`` and ``breach:<priority>`` (service levels:
-tasks.priority). Sums of seconds are integers of microseconds, added by HINCRBY: Redis takes three
-times as long over an HINCRBYFLOAT, and a job's end adds a few dozen of them. The float fields
-written before (``lat_sum:``, ``dev:``, ``sla_sum:``, in seconds) are still read. Ended jobs' quality scores (of the attempt
-served): ``score:<clipscore|sharpness>:<bucket>`` and ``score_sum:…`` (buckets: ``SCORE_BUCKETS``).
+tasks.priority). Ended jobs' quality scores (of the attempt served):
+``score:<clipscore|sharpness>:<bucket>`` and ``score_sum:…`` (buckets: ``SCORE_BUCKETS``).
+
+Sums of seconds are integers of microseconds, added by HINCRBY: Redis takes three times as long
+over an HINCRBYFLOAT, and a job's end adds a few dozen of them. The float fields written before
+(``lat_sum:``, ``dev:``, ``sla_sum:``, in seconds) are still read.
 
 Each tenant has the same two kinds of hash (``tenant:<tenant>:totals`` and ``…:minute:<m>``), for
 the figures a tenant sees of its own work: written once per job, when it ends (its stages' latency
