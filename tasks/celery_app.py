@@ -33,6 +33,10 @@ def celery_config(settings: Settings) -> dict:
             "socket_keepalive": True,
             # the levels of a queue are lists BRPOPed in a fixed order: high before normal before low
             "queue_order_strategy": "priority",
+            # one list per queue: priority is the queue (tasks.priority), never a message's own, so
+            # kombu's four sub-lists per queue were four times the keys in every BRPOP (24 for a
+            # cpu,gpu worker) and in every depth count, always empty
+            "priority_steps": [0],
         },
         "broker_connection_retry_on_startup": True,
         "worker_cancel_long_running_tasks_on_connection_loss": settings.cancel_tasks_on_connection_loss,

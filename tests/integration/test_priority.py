@@ -179,3 +179,22 @@ def test_a_tenant_asks_no_higher_than_the_admin_allows(redis_server):
         assert submit("normal").status_code == 202 and submit("low").status_code == 202
     finally:
         rt.redis.delete(store_key("tenant", "local", "max_priority"))
+
+
+def test_a_queue_is_one_list_whatever_priority_a_message_asks(redis_client):
+    """Priority is the queue (cpu.high, cpu, cpu.low); a message's own priority is not used, so
+    kombu keeps one list per queue (priority_steps [0]): a worker's BRPOP names each queue once,
+    and a depth count reads one list."""
+    from tasks.celery_app import app
+    from tests.conftest import declare_test_queue
+
+    queue = declare_test_queue("priority-steps")  # no worker consumes it
+    redis_client.delete(queue, *(f"{queue}\x06\x16{p}" for p in (3, 6, 9)))
+    try:
+        app.send_task("pixelmill.noop-for-this-test", queue=queue, priority=9)
+        assert redis_client.llen(queue) == 1
+        assert not redis_client.exists(*(f"{queue}\x06\x16{p}" for p in (3, 6, 9)))
+        with app.connection_for_read() as conn:
+            assert conn.default_channel.queue_declare(queue, passive=True).message_count == 1
+    finally:
+        redis_client.delete(queue)
