@@ -86,13 +86,15 @@ class StageMessage:
     queue: str
     payload: bytes  # the envelope; its headers are its last member, so the record can close both
 
-    def with_record(self, record: bytes) -> bytes:
-        """The message with ``record`` (the job's, as written with it) in its headers."""
-        return self.payload[:-2] + f',"{RECORD_HEADER}":'.encode() + record + b"}}"
-
     def around_record(self) -> AroundRecord:
         """The message for a transition, which puts the record it writes in its headers."""
         return AroundRecord(self.payload[:-2].decode() + f',"{RECORD_HEADER}":', "}}")
+
+    def with_record(self, record: bytes) -> bytes:
+        """The message with ``record`` (the job's, as written with it) in its headers: what the
+        transition script makes of ``around_record()``, made here (submit knows its record)."""
+        around = self.around_record()
+        return around.before.encode() + record + around.after.encode()
 
 
 def stage_message(job: Job, stage: str, route: dict[str, str], *, parent_id: str | None = None) -> StageMessage:
