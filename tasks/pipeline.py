@@ -13,7 +13,10 @@ A message queued that way also carries the job's record as that transition (or s
 in the header ``pixelmill_record``: the next stage starts its compare-and-set from it instead of
 reading the record first (a round trip per stage). It is only where the change starts: if the job
 changed since (canceled, sent back), the script answers the current record and the change is made
-again on that.
+again on that. The header holds the record's text as a JSON string — its exact bytes, and for kombu
+and Celery one string to decode, copy into the unacked hash and pickle to the pool's process, where
+the record as an object cost them ~50 µs more a message (bench: 34 → 23 µs to decode, 41 → 21 µs to
+copy, 24 → 8 µs to pickle and unpickle).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from tasks.jobs import Job
 from tasks.priority import JOB_CREATED_HEADER, queue_for
 from tasks.quality import quality_queue
 from tasks.settings import STAGES, Settings
-from tasks.transition import AroundRecord
+from tasks.transition import AroundRecord, quote
 
 # (stage, engine) → queue; "*" matches any engine.
 DEFAULT_ROUTES: dict[str, str] = {
@@ -88,13 +91,13 @@ class StageMessage:
 
     def around_record(self) -> AroundRecord:
         """The message for a transition, which puts the record it writes in its headers."""
-        return AroundRecord(self.payload[:-2].decode() + f',"{RECORD_HEADER}":', "}}")
+        return AroundRecord(self.payload[:-2].decode() + f',"{RECORD_HEADER}":', "}}", quoted=True)
 
     def with_record(self, record: bytes) -> bytes:
         """The message with ``record`` (the job's, as written with it) in its headers: what the
         transition script makes of ``around_record()``, made here (submit knows its record)."""
         around = self.around_record()
-        return around.before.encode() + record + around.after.encode()
+        return around.before.encode() + quote(record) + around.after.encode()
 
 
 def stage_message(job: Job, stage: str, route: dict[str, str], *, parent_id: str | None = None) -> StageMessage:

@@ -176,9 +176,12 @@ class Hop:
 
 
 def _record_of(task: Task) -> bytes | None:
-    """The job's record as the message carries it (tasks.pipeline.RECORD_HEADER), serialised as
-    the store writes it (orjson, the same bytes); None from a message without one."""
+    """The job's record as the message carries it (tasks.pipeline.RECORD_HEADER): the bytes the
+    store wrote, as a JSON string (an object in a message queued by an earlier version: orjson
+    gives the same bytes); None from a message without one."""
     record = getattr(task.request, RECORD_HEADER, None)
+    if isinstance(record, str):
+        return record.encode()
     return orjson.dumps(record) if isinstance(record, dict) else None
 
 

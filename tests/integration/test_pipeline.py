@@ -100,7 +100,7 @@ def test_diffusion_job_keeps_its_latent_in_redis_not_in_messages(client, workers
         assert args == [stored.id] and kwargs == {}
         # ids and references only: the job's record rides along (where the next stage's
         # compare-and-set starts), naming the latent by its key, never its bytes
-        record = envelope["headers"]["pixelmill_record"]
+        record = json.loads(envelope["headers"]["pixelmill_record"])  # the record's text, as a JSON string
         assert record["id"] == stored.id and record["outputs"].get("latent") in (None, latent_key)
         assert base64.b64encode(latent[:48]).decode() not in message and repr(latent[:48])[2:-1] not in message
 
@@ -249,6 +249,8 @@ def test_a_finished_stage_has_queued_the_next_one_with_its_done_marker(redis_ser
         assert envelope["headers"]["pixelmill_route"] == {"encode": "cpu", "generate": parked, "enhance": "cpu",
                                                          "audit": "cpu"}
         assert json.loads(base64.b64decode(envelope["body"]))[0] == [job_id]
+        # the record that transition wrote, byte for byte (where generate's compare-and-set starts)
+        assert envelope["headers"]["pixelmill_record"].encode() == redis_client.get(f"pixelmill:job:{job_id}")
         assert job["stages"]["generate"]["state"] != "done"
     finally:
         client.post(f"/api/v1/jobs/{job_id}/cancel")

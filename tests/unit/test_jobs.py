@@ -143,6 +143,39 @@ def test_a_stage_starts_from_the_record_its_message_carried(redis_client):
     assert web.fetch(canceled.id).status is JobStatus.CANCELED and web.fetch(canceled.id).stages["encode"].attempts == 0
 
 
+def test_a_stage_message_carries_the_record_as_its_exact_text(redis_client):
+    """The record rides in a stage message's header as a JSON string (tasks.transition.quote), put
+    there by the script (a transition's hand-off) or by submit's MULTI: decoded, it is the stored
+    record byte for byte — quotes, backslashes, newlines and non-ASCII text in it included."""
+    import json
+
+    import orjson
+
+    from tasks.pipeline import RECORD_HEADER, StageMessage
+
+    store = JobStore(redis_client)
+    message = StageMessage(queue="carried-record", payload=orjson.dumps({"body": "e30=", "headers": {"task": "t"}}))
+    redis_client.delete(message.queue)
+    job = Job.create(tenant="t1", params=JobParams(seed=1, prompt='a "quoted" \\ back\nslash, café, 猫'),
+                     input_ref="0" * 64 + ".png", input_name='say "cheese".png')
+    store.create(job, handoff=message)  # submit's MULTI: the record spliced in Python
+    store.start_stage(job.id, "encode", queue="cpu", worker="w")
+    store.finish_stage(job.id, "encode", outputs={"normalized": "1" * 64 + ".png"}, handoff=message)  # the script
+    written = redis_client.get(store_key("job", job.id))
+    created, finished = (json.loads(raw) for raw in redis_client.lrange(message.queue, 0, -1)[::-1])
+    for envelope in (created, finished):
+        assert envelope["body"] == "e30=" and envelope["headers"]["task"] == "t"
+        assert isinstance(envelope["headers"][RECORD_HEADER], str)
+    assert orjson.loads(created["headers"][RECORD_HEADER])["status"] == "queued"
+    assert finished["headers"][RECORD_HEADER].encode() == written
+    assert orjson.loads(written)["params"]["prompt"] == 'a "quoted" \\ back\nslash, café, 猫'
+
+    started = store.start_stage(job.id, "generate", queue="cpu", worker="w",
+                                record=finished["headers"][RECORD_HEADER].encode())
+    assert started.stages["generate"].attempts == 1 and started.stages["encode"].done
+    redis_client.delete(message.queue)
+
+
 def test_writes_that_fail_do_not_undo_the_transition(redis_client, caplog):
     store = JobStore(redis_client)
     job = store.create(_job())
