@@ -188,6 +188,16 @@ others' on a two-process pool, ~2.2 reads a job under load). Alternating runs of
 the commit before (adb743b), `--no-write`: before 1.23× / 0.78× and 1.35× / 0.74×, after 1.25× /
 0.84× and 1.26× / 0.83× (p50 / throughput).
 
+2026-12-04 (third session): the record rides in the stage message's header as a JSON string of its
+text, no longer as an object. kombu decodes every message in the worker's parent, copies it into the
+unacked hash (acks late) and the parent pickles its headers to the pool's process; measured on one
+stage message (2.6 KB), decoding took 22.9 µs against 34.4 as an object, the unacked copy 20.7 against
+40.9, pickling and unpickling the headers 8.0 against 23.6 (~50 µs a message, four a job), and the
+record's bytes come straight from the string (the store's compare-and-set needs them exact). Alternating
+runs of this bench against the commit before (95b61d2), `--no-write`: after 1.35× / 0.69× and 1.38× /
+0.72×, before 1.38× / 0.78× and 1.37× / 0.71× — on a fast stretch of the machine (plain bursts 195–224
+jobs/s) both commits sat at 1.35–1.38× p50, and the difference is inside what moves between runs.
+
 Before the hand-offs (each stage's next link published by Celery's chain after the task) the same
 bench gave 1.57× / 0.59× (2026-12-02, 9311ced), and 1.70× / 0.62× in a shorter run of this session;
 before the transitions became server-side scripts, 1.75× / 0.32× (2026-11-28).""")
