@@ -100,12 +100,10 @@ class Writes(CoreCommands):
         self.counts: dict[tuple[str, ...], dict[str, int | float]] = {}  # hash keys → field → amount
         self.listener_keys: list[str] = []
         self.batch_done: tuple[str, str, int, int] | None = None  # (done-set, job id, batch size, ttl)
-        self.quotes_record = False  # an argument takes the record as a JSON string (ARGV[10])
         self._when = ALWAYS
 
     def execute_command(self, *args: Any, **options: Any) -> None:
         self.commands.append((self._when, args))
-        self.quotes_record = self.quotes_record or any(isinstance(a, AroundRecord) and a.quoted for a in args)
 
     @contextmanager
     def when(self, condition: str) -> Iterator["Writes"]:
@@ -135,8 +133,9 @@ class Writes(CoreCommands):
         counts = [[keys, [x for name, amount in fields.items()
                           for x in (name, amount if type(amount) is int else repr(amount))]]
                   for keys, fields in self.counts.items()]
+        quoted = any(type(arg) is AroundRecord and arg.quoted for _, command in self.commands for arg in command)
         return [done_set, job_id, size, ttl, orjson.dumps(self.listener_keys), orjson.dumps(commands),
-                orjson.dumps(counts), quote(record) if self.quotes_record else ""]
+                orjson.dumps(counts), quote(record) if quoted else ""]  # ARGV[10] only when a command takes it
 
 
 @dataclass(frozen=True)
