@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -21,7 +23,7 @@ from tasks.jobs import STAGE_STATUS, Batch, Job, JobStatus, StageRecord, can_mov
 from tasks.metrics import count_created, count_transition
 from tasks.pipeline import StageMessage
 from tasks.settings import STAGES
-from tasks.transition import Transition, Writes
+from tasks.transition import CasResult, Sent, Transition, Writes
 from tasks.webhooks.store import listener_keys
 from tasks import live
 
@@ -29,6 +31,25 @@ log = logging.getLogger(__name__)
 
 PREFIX = "pixelmill"
 KNOWN_MAX = 1024  # records this process last wrote, kept to try the next transition on without a read
+
+
+class StartNotApplied(Exception):
+    """A stage's start sent ahead (``JobStore.start_stage(ahead=True)``) did not take: the job's
+    record changed between the hand-off that carried it and the start (a cancel, the reaper).
+    Nothing of the stage was written; it decides again on the current record (tasks.stages.base)."""
+
+
+class _Refused(Exception):
+    """The change refused the record that a start sent ahead wrote (which took)."""
+
+
+@dataclass
+class _Ahead:
+    """A start sent ahead, its answer not read yet: the record it writes, and the events it adds."""
+
+    sent: Sent
+    record: bytes
+    events: list[JobEvent]
 
 
 def store_key(kind: str, *parts: str) -> str:
@@ -45,6 +66,7 @@ class JobStore:
         self.sla_target_s = dict(sla_target_s or {})  # per priority (tasks.metrics counts breaches)
         self._transition = Transition(client)
         self._known: dict[str, bytes] = {}  # job id -> the record this process last wrote for it
+        self._ahead: dict[tuple[str, int], _Ahead] = {}  # (job id, thread) -> its start sent ahead
         # Told after a transition that wrote events to the outbox (tasks.events); it must not raise.
         self.on_events = on_events
 
@@ -109,11 +131,15 @@ class JobStore:
 
     def start_stage(self, job_id: str, stage: str, *, queue: str | None, worker: str | None,
                     admit: Callable[[Job], None] | None = None, lease: tuple[str, int] | None = None,
-                    record: bytes | None = None) -> Job:
+                    record: bytes | None = None, ahead: bool = False) -> Job:
         """Enter a stage (also on a re-delivery: attempts counts every start). ``admit`` sees the
         job first and may refuse it by raising (nothing is written then). ``lease`` (holder, TTL)
         is written with the change (tasks.leases). ``record``: the job's record as the stage's
-        message carried it (tasks.pipeline), where the change starts instead of a read."""
+        message carried it (tasks.pipeline), where the change starts instead of a read.
+
+        ``ahead`` (with ``record``): send the start and return without waiting for its answer;
+        the job's next transition in this thread goes behind it on the same connection and reads
+        both answers (``StartNotApplied`` when the start did not take), or ``settle_start`` reads it."""
 
         def change(job: Job) -> None:
             if admit is not None:
@@ -128,7 +154,15 @@ class JobStore:
             if lease is not None:
                 w.set(store_key("lease", job_id, stage), lease[0], ex=lease[1])
 
-        return self._update(job_id, change, also=take_lease, base=record)
+        return self._update(job_id, change, also=take_lease, base=record, ahead=ahead and record is not None)
+
+    def settle_start(self, job_id: str) -> None:
+        """Read the answer of this thread's start of the job sent ahead, if no transition followed it
+        (a stage that ended without one: interrupted, or a transient error). ``StartNotApplied``
+        when it did not take."""
+        ahead = self._ahead.pop((job_id, threading.get_ident()), None)
+        if ahead is not None:
+            self._settled(ahead, self._read(ahead.sent.read))
 
     def finish_stage(self, job_id: str, stage: str, *, outputs: dict[str, str], cached: bool = False,
                      cache: dict[str, Any] | None = None, end: JobStatus | None = None,
@@ -295,11 +329,14 @@ class JobStore:
         return self._update(job_id, change)
 
     def _update(self, job_id: str, change: Callable[[Job], None],
-                also: Callable[[Writes], None] | None = None, base: bytes | None = None) -> Job:
+                also: Callable[[Writes], None] | None = None, base: bytes | None = None,
+                ahead: bool = False) -> Job:
         """Apply ``change`` to the job and write it with everything that goes with it, in one
         compare-and-set (``tasks.transition``). It starts from ``base`` when given, else from the
         record this process last wrote when it has one, else reads it; if the job changed
-        meanwhile, the script answers the current record and the change is made again on that."""
+        meanwhile, the script answers the current record and the change is made again on that.
+        ``ahead``: send it and return at once (``start_stage``). After a start sent ahead, the
+        change is made on the record that start writes and sent behind it."""
         job: Job
         record: bytes
         events: list
@@ -326,17 +363,27 @@ class JobStore:
             record = _dumps(job)
             return record, writes
 
+        key = store_key("job", job_id)
+        pending = self._ahead.pop((job_id, threading.get_ident()), None)
         known = self._known.pop(job_id, None)
         known = base if base is not None else known
+        if ahead and pending is None:
+            new, writes = make(known)
+            self._ahead[(job_id, threading.get_ident())] = _Ahead(self._transition.send(key, known, new, writes),
+                                                                  new, events)
+            return job
         try:
-            outcome = self._transition.compare_and_set(store_key("job", job_id), make, base=known)
-        except Exception:
-            if known is None:
-                raise
+            outcome = (self._behind(pending, key, make) if pending is not None
+                       else self._transition.compare_and_set(key, make, base=known))
+        except _Refused:
             # The change refused the record this process last wrote, which another process may have
             # changed since (a quality regeneration sends a job back to generate): decide on the
             # current record.
-            outcome = self._transition.compare_and_set(store_key("job", job_id), make)
+            outcome = self._transition.compare_and_set(key, make)
+        except Exception:
+            if known is None or pending is not None:
+                raise
+            outcome = self._transition.compare_and_set(key, make)  # as above
         if outcome is None:
             raise JobNotFound(f"no job with id {job_id!r}")
         if outcome.errors:
@@ -345,6 +392,36 @@ class JobStore:
         if events and outcome.listened and self.on_events is not None:
             self.on_events(events)
         return job
+
+    def _behind(self, ahead: _Ahead, key: str, make: Callable[[bytes], tuple[bytes, Writes]]) -> CasResult | None:
+        """A change made on the record that a start sent ahead writes, sent behind it on its
+        connection: Redis applies the change only if the start took. Both answers read at once."""
+        try:
+            new, writes = make(ahead.record)
+        except Exception as e:
+            self._settled(ahead, self._read(ahead.sent.read))  # whether the start took decides first
+            raise _Refused() from e
+        started, outcome = self._read(lambda: self._transition.follow(ahead.sent, key, ahead.record, new, writes))
+        self._settled(ahead, started)
+        if outcome.applied or outcome.current is None:
+            return outcome if outcome.applied else None
+        return self._transition.compare_and_set(key, make, base=outcome.current)  # changed since the start
+
+    def _read(self, read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except redis.exceptions.NoScriptError:  # the server lost its scripts: nothing of it ran
+            self._transition.forget_script()
+            raise StartNotApplied("the job store's script was not loaded on the server") from None
+
+    def _settled(self, ahead: _Ahead, started: CasResult) -> None:
+        """What a start sent ahead leaves once its answer is read."""
+        if not started.applied:
+            raise StartNotApplied("the job changed before its stage's start was written")
+        if started.errors:
+            log.warning("a start written, but not: %s", "; ".join(started.errors))
+        if ahead.events and started.listened and self.on_events is not None:
+            self.on_events(ahead.events)
 
     def _remember(self, job: Job, record: bytes) -> None:
         if job.status.is_terminal():

@@ -192,11 +192,13 @@ Change = Callable[[bytes], tuple[bytes, Writes]]
 class Transition:
     """The script, registered once per client (redis-py loads it again after a server restart).
     Every read-modify-write of a record in our stores (jobs, webhook endpoints and deliveries)
-    goes through ``compare_and_set``."""
+    goes through ``compare_and_set``; a stage's start may go through ``send`` instead, its answer
+    read behind the next transition of the job (``follow``)."""
 
     def __init__(self, client: redis.Redis) -> None:
         self._client = client
         self._script = client.register_script(_SCRIPT)
+        self._loaded = False  # by send(): whether this client has loaded the script (EVALSHA needs it)
 
     def compare_and_set(self, key: str, change: Change, *, base: bytes | None = None) -> CasResult | None:
         """Make ``change`` (the record as read → the new record and the writes that go with it)
@@ -213,8 +215,72 @@ class Transition:
         return None
 
     def apply(self, key: str, base: bytes, new: bytes, writes: Writes) -> CasResult:
-        answer = self._script(keys=[key], args=[hashlib.sha1(base).hexdigest(), new, *writes.args(new)])
-        if answer[0] == 2:
-            return CasResult(applied=True, listened=bool(answer[1]),
-                           errors=tuple(e.decode(errors="replace") for e in answer[2:]))
-        return CasResult(applied=False, current=answer[1] if answer[0] == 1 else None)
+        return _result(self._script(keys=[key], args=_args(base, new, writes)))
+
+    def send(self, key: str, base: bytes, new: bytes, writes: Writes) -> "Sent":
+        """Send one compare-and-set without waiting for its answer: Redis runs it while the caller
+        goes on, and a second transition sent behind it on the same connection (``follow``) reads
+        both answers in one wait — a round trip's worth of waiting less (~55 µs of CPU on this
+        machine's kernel, and its latency). The connection stays the caller's until then."""
+        if not self._loaded:
+            self._client.script_load(_SCRIPT)  # EVALSHA below cannot load it itself
+            self._loaded = True
+        pool = self._client.connection_pool
+        connection = pool.get_connection()
+        sent = Sent(pool, connection)
+        try:
+            connection.send_command("EVALSHA", self._script.sha, 1, key, *_args(base, new, writes))
+        except BaseException:
+            sent.drop()
+            raise
+        return sent
+
+    def follow(self, sent: "Sent", key: str, base: bytes, new: bytes, writes: Writes) -> tuple[CasResult, CasResult]:
+        """Send a compare-and-set behind ``sent`` on its connection, then read both answers:
+        Redis runs them in that order, so the second, made on the record the first writes, is
+        applied only if the first was."""
+        try:
+            sent.connection.send_command("EVALSHA", self._script.sha, 1, key, *_args(base, new, writes))
+        except BaseException:
+            sent.drop()
+            raise
+        first = sent.read(then_keep=True)
+        return first, sent.read()
+
+    def forget_script(self) -> None:
+        """The server answered NOSCRIPT (restarted, or its scripts flushed): load it again before the next send."""
+        self._loaded = False
+
+
+class Sent:
+    """A transition sent on a connection of its own, its answer not read yet (``Transition.send``)."""
+
+    def __init__(self, pool: redis.ConnectionPool, connection: Any) -> None:
+        self._pool, self.connection = pool, connection
+
+    def read(self, *, then_keep: bool = False) -> CasResult:
+        """The next answer on the connection; the connection goes back to its pool after the last
+        one (or is closed, on any error: answers left unread would answer the next caller)."""
+        try:
+            answer = self.connection.read_response()
+        except BaseException:
+            self.drop()
+            raise
+        if not then_keep:
+            self._pool.release(self.connection)
+        return _result(answer)
+
+    def drop(self) -> None:
+        self.connection.disconnect()
+        self._pool.release(self.connection)
+
+
+def _args(base: bytes, new: bytes, writes: Writes) -> list[Any]:
+    return [hashlib.sha1(base).hexdigest(), new, *writes.args(new)]
+
+
+def _result(answer: list[Any]) -> CasResult:
+    if answer[0] == 2:
+        return CasResult(applied=True, listened=bool(answer[1]),
+                         errors=tuple(e.decode(errors="replace") for e in answer[2:]))
+    return CasResult(applied=False, current=answer[1] if answer[0] == 1 else None)

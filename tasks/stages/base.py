@@ -24,6 +24,7 @@ from tasks.backoff import backoff_s
 from tasks.errors import InvalidTransition, JobNotFound, PixelmillError
 from tasks import leases
 from tasks.jobs import Job, JobStatus
+from tasks.store import StartNotApplied
 from tasks.pipeline import RECORD_HEADER, ROUTE_HEADER, handoff, hands_off_inline, next_stage, send_stage
 from tasks.priority import base_of
 from tasks.recent_images import RecentImages
@@ -139,14 +140,16 @@ def delivered_from(task: Task) -> str | None:
     return (task.request.delivery_info or {}).get("routing_key")
 
 
-def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
+def _run_stage(task: Task, job_id: str, stage: str, work: StageWork, *, ahead: bool = True) -> None:
     rt = get_worker_runtime()
     routing_key = delivered_from(task)
     queue = base_of(routing_key) if routing_key else None  # cpu for cpu.high: prices and metrics are per queue
     lease = (str(leases.current_holder()), rt.settings.stage_lease_s)
+    record = _record_of(task)
     try:
         job = rt.store.start_stage(job_id, stage, queue=queue, worker=task.request.hostname,
-                                   admit=lambda job: _admit(rt, stage, job), lease=lease, record=_record_of(task))
+                                   admit=lambda job: _admit(rt, stage, job), lease=lease, record=record,
+                                   ahead=ahead and record is not None and _first_delivery(task))
     except JobNotFound:
         log.warning("%s: job %s no longer exists; dropping", stage, job_id)
         raise Ignore() from None
@@ -162,8 +165,33 @@ def _run_stage(task: Task, job_id: str, stage: str, work: StageWork) -> None:
         else:
             _fail(rt, job_id, code=skip.code, message=str(skip))
         raise Ignore() from None
-    with leases.holding(job_id, stage):  # renewed by the heartbeat until the stage ends
-        _work_and_finish(rt, job, stage, queue, work, hop=Hop(task_id=task.request.id, route=_route_of(task)))
+    try:
+        with leases.holding(job_id, stage):  # renewed by the heartbeat until the stage ends
+            _work_and_finish(rt, job, stage, queue, work, hop=Hop(task_id=task.request.id, route=_route_of(task)))
+    except StartNotApplied:  # sent ahead, and the job had changed: what was done is dropped
+        log.info("%s: job %s changed before its start was written; deciding again on its record", stage, job_id)
+        _run_stage(task, job_id, stage, work, ahead=False)
+    finally:
+        _settle_start(rt, job_id)
+
+
+def _first_delivery(task: Task) -> bool:
+    """Whether the stage's message is the one its hand-off queued, delivered for the first time:
+    its record is then the job's unless something changed it since (a cancel), and the start is
+    sent ahead (``JobStore.start_stage``) — the stage works while Redis writes it. A retry or a
+    re-delivery (its worker lost) starts in a round trip of its own: its record may be stale, and
+    admission (the attempts that detect a poison input, a live holder) must see the current one
+    before the work begins."""
+    return not task.request.retries and not (task.request.delivery_info or {}).get("redelivered")
+
+
+def _settle_start(rt: WorkerRuntime, job_id: str) -> None:
+    """A start sent ahead that no transition followed (the stage stopped without one): read its
+    answer so that its connection goes back to the pool. Whether it took matters no more."""
+    try:
+        rt.store.settle_start(job_id)
+    except (StartNotApplied, redis.RedisError):
+        pass
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,86 @@ def test_a_stage_starts_from_the_record_its_message_carried(redis_client):
     assert web.fetch(canceled.id).status is JobStatus.CANCELED and web.fetch(canceled.id).stages["encode"].attempts == 0
 
 
+def test_a_start_sent_ahead_is_read_behind_the_next_transition(redis_client):
+    """``start_stage(ahead=True)`` sends the start and returns before Redis answers; the job's next
+    transition goes behind it on the same connection and reads both answers. Redis has applied the
+    start (the live state, the attempt a poison input is caught by, the lease) while the stage
+    works; the connection goes back to the pool."""
+    import orjson
+
+    worker, web = JobStore(redis_client), JobStore(redis_client)
+    job = web.create(_job())
+    carried = redis_client.get(store_key("job", job.id))
+    started = worker.start_stage(job.id, "encode", queue="cpu", worker="w", record=carried,
+                                 lease=("holder", 30), ahead=True)
+    assert started.status is JobStatus.ENCODING and started.stages["encode"].attempts == 1
+    deadline = time.monotonic() + 5
+    while orjson.loads(redis_client.get(store_key("job", job.id)))["status"] != "encoding":  # written meanwhile
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    assert redis_client.get(store_key("lease", job.id, "encode")) == b"holder"
+    done = worker.finish_stage(job.id, "encode", outputs={"normalized": "a" * 64 + ".png"})
+    stored = web.fetch(job.id)
+    assert done.stages["encode"].done and stored.stages["encode"].done and stored.stages["encode"].attempts == 1
+    assert stored.stages["encode"].worker == "w" and redis_client.get(store_key("lease", job.id, "encode")) is None
+    pool = redis_client.connection_pool
+    assert not pool._in_use_connections
+
+    # no transition follows (a stage interrupted): settle_start reads the answer
+    other = web.create(_job())
+    worker.start_stage(other.id, "encode", queue="cpu", worker="w", record=redis_client.get(store_key("job", other.id)),
+                       ahead=True)
+    worker.settle_start(other.id)
+    worker.settle_start(other.id)  # nothing left: no-op
+    assert web.fetch(other.id).status is JobStatus.ENCODING and not pool._in_use_connections
+
+
+def test_a_start_sent_ahead_that_did_not_take_writes_nothing_of_its_stage(redis_client):
+    """The job changed between the hand-off that carried its record and the start sent ahead (a
+    cancel): the start does not take, and neither does what the stage sends behind it (made on the
+    record the start would have written) — ``StartNotApplied``, nothing of the stage written, no
+    message queued for the next one; the stage decides again on the current record."""
+    from tasks.pipeline import StageMessage
+    from tasks.store import StartNotApplied
+
+    worker, web = JobStore(redis_client), JobStore(redis_client)
+    message = StageMessage(queue="ahead-next", payload=b'{"body":"e30=","headers":{"task":"t"}}')
+    redis_client.delete(message.queue)
+    job = web.create(_job())
+    carried = redis_client.get(store_key("job", job.id))
+    web.cancel(job.id)
+    worker.start_stage(job.id, "encode", queue="cpu", worker="w", record=carried, lease=("holder", 30), ahead=True)
+    with pytest.raises(StartNotApplied):
+        worker.finish_stage(job.id, "encode", outputs={"normalized": "a" * 64 + ".png"}, handoff=message)
+    stored = web.fetch(job.id)
+    assert stored.status is JobStatus.CANCELED and stored.stages["encode"].attempts == 0
+    assert not stored.stages["encode"].done and not stored.outputs
+    assert redis_client.llen(message.queue) == 0 and redis_client.get(store_key("lease", job.id, "encode")) is None
+    with pytest.raises(InvalidTransition):  # deciding again, on the current record
+        worker.start_stage(job.id, "encode", queue="cpu", worker="w", record=carried)
+
+    # a failure sent behind a start that did not take is not written either
+    failing = web.create(_job())
+    carried = redis_client.get(store_key("job", failing.id))
+    web.touch(failing.id)
+    worker.start_stage(failing.id, "encode", queue="cpu", worker="w", record=carried, ahead=True)
+    with pytest.raises(StartNotApplied):
+        worker.fail(failing.id, code="stage_failed", message="boom")
+    assert web.fetch(failing.id).status is JobStatus.QUEUED
+
+    # the server lost its scripts (restarted): the start sent ahead did not run; the next one loads it again
+    lost = web.create(_job())
+    carried = redis_client.get(store_key("job", lost.id))
+    redis_client.script_flush()
+    worker.start_stage(lost.id, "encode", queue="cpu", worker="w", record=carried, ahead=True)
+    with pytest.raises(StartNotApplied):
+        worker.settle_start(lost.id)
+    assert web.fetch(lost.id).status is JobStatus.QUEUED
+    worker.start_stage(lost.id, "encode", queue="cpu", worker="w", record=carried, ahead=True)
+    worker.finish_stage(lost.id, "encode", outputs={"normalized": "a" * 64 + ".png"})
+    assert web.fetch(lost.id).stages["encode"].done and not redis_client.connection_pool._in_use_connections
+
+
 def test_a_stage_message_carries_the_record_as_its_exact_text(redis_client):
     """The record rides in a stage message's header as a JSON string (tasks.transition.quote), put
     there by the script (a transition's hand-off) or by submit's MULTI: decoded, it is the stored
