@@ -255,3 +255,44 @@ def test_a_finished_stage_has_queued_the_next_one_with_its_done_marker(redis_ser
     finally:
         client.post(f"/api/v1/jobs/{job_id}/cancel")
         redis_client.delete(parked)
+
+
+@pytest.mark.parametrize("meanwhile", ["touch", "cancel"])
+def test_a_stage_whose_job_changed_while_its_message_waited_decides_on_the_current_record(
+        redis_server, redis_client, workers, meanwhile):
+    """A stage's first delivery sends its start ahead, on the record its message carries, and works
+    while Redis writes it (tasks.store: start_stage(ahead=True)). Here the job changed while the
+    message waited: the start does not take, nothing of the stage is written, and the stage decides
+    again on the current record — a harmless change (the reaper's touch): it runs and the job ends
+    well with one attempt counted; a cancel: it stops, and nothing runs after it."""
+    from tasks.settings import Settings
+    from tasks.store import JobStore
+    from web import create_app
+
+    parked = declare_test_queue("ahead-parked")
+    redis_client.delete(parked)
+    client = create_app(Settings(routes={"generate:style": parked})).test_client()
+    job_id = _submit(client, encode(photo(size=96)), engine="style", style="sketch").get_json()["id"]
+    deadline = time.monotonic() + 60
+    while redis_client.llen(parked) == 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    carried = json.loads(redis_client.lindex(parked, 0))["headers"]["pixelmill_record"].encode()
+    store = JobStore(redis_client)
+    if meanwhile == "touch":
+        store.touch(job_id)
+    else:
+        client.post(f"/api/v1/jobs/{job_id}/cancel")
+    assert redis_client.get(f"pixelmill:job:{job_id}") != carried  # the message's record is stale now
+    redis_client.rpoplpush(parked, "cpu")  # delivered as its hand-off queued it: first delivery, no retry
+    if meanwhile == "touch":
+        job = wait_for_job(_fetcher(client), job_id)
+        assert job["status"] == "succeeded", job
+        assert [job["stages"][s]["attempts"] for s in ("encode", "generate", "enhance", "audit")] == [1, 1, 1, 1]
+    else:
+        time.sleep(1.5)  # the worker takes it, and (not) runs it
+        assert redis_client.llen("cpu") == 0
+        job = store.fetch(job_id)
+        assert job.status.value == "canceled"
+        assert job.stages["generate"].attempts == 0 and not job.stages["generate"].done
+        assert "generated" not in job.outputs and job.stages["enhance"].attempts == 0
