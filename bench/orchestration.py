@@ -198,6 +198,17 @@ runs of this bench against the commit before (95b61d2), `--no-write`: after 1.35
 0.72×, before 1.38× / 0.78× and 1.37× / 0.71× — on a fast stretch of the machine (plain bursts 195–224
 jobs/s) both commits sat at 1.35–1.38× p50, and the difference is inside what moves between runs.
 
+2026-12-04 (fourth session): a stage's first start is sent ahead. The stage admits itself on the record
+its message carries, sends the start and works while Redis writes it; its finish (or failure) is made
+on the record the start writes and sent behind it on the same connection, and both answers are read
+at once — Redis applies the second only if the first took (`tasks/store.py::JobStore.start_stage`,
+`tasks/transition.py::Transition.send` / `follow`). A retry or a re-delivered message starts with a
+round trip of its own, as before. In one process a round trip whose answer is already there costs 23–42
+µs of CPU on this machine, one waited on 83–92 µs. Alternating runs of this bench against the commit
+before (bfce569), `--no-write`: after 1.25× / 0.71×, 1.27× / 0.79×, 1.25× / 0.78×, before 1.31× /
+0.77×, 1.33× / 0.76×, 1.35× / 0.73× — the p50 lower in every pair; in full bursts the answers are mostly
+there when read, and the CPU per job (psutil, 400-job bursts) stayed where it was on both commits.
+
 Before the hand-offs (each stage's next link published by Celery's chain after the task) the same
 bench gave 1.57× / 0.59× (2026-12-02, 9311ced), and 1.70× / 0.62× in a shorter run of this session;
 before the transitions became server-side scripts, 1.75× / 0.32× (2026-11-28).""")
