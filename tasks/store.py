@@ -363,27 +363,24 @@ class JobStore:
             record = _dumps(job)
             return record, writes
 
-        key = store_key("job", job_id)
-        pending = self._ahead.pop((job_id, threading.get_ident()), None)
+        key, slot = store_key("job", job_id), (job_id, threading.get_ident())
+        pending = self._ahead.pop(slot, None)
         known = self._known.pop(job_id, None)
         known = base if base is not None else known
         if ahead and pending is None:
             new, writes = make(known)
-            self._ahead[(job_id, threading.get_ident())] = _Ahead(self._transition.send(key, known, new, writes),
-                                                                  new, events)
+            self._ahead[slot] = _Ahead(self._transition.send(key, known, new, writes), new, events)
             return job
         try:
             outcome = (self._behind(pending, key, make) if pending is not None
                        else self._transition.compare_and_set(key, make, base=known))
-        except _Refused:
-            # The change refused the record this process last wrote, which another process may have
-            # changed since (a quality regeneration sends a job back to generate): decide on the
-            # current record.
-            outcome = self._transition.compare_and_set(key, make)
-        except Exception:
-            if known is None or pending is not None:
+        except Exception as e:
+            if not isinstance(e, _Refused) and (known is None or pending is not None):
                 raise
-            outcome = self._transition.compare_and_set(key, make)  # as above
+            # The change refused the record this process last wrote (or the one its start sent ahead
+            # wrote), which another process may have changed since (a quality regeneration sends a
+            # job back to generate): decide on the current record.
+            outcome = self._transition.compare_and_set(key, make)
         if outcome is None:
             raise JobNotFound(f"no job with id {job_id!r}")
         if outcome.errors:

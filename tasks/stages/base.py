@@ -149,7 +149,7 @@ def _run_stage(task: Task, job_id: str, stage: str, work: StageWork, *, ahead: b
     try:
         job = rt.store.start_stage(job_id, stage, queue=queue, worker=task.request.hostname,
                                    admit=lambda job: _admit(rt, stage, job), lease=lease, record=record,
-                                   ahead=ahead and record is not None and _first_delivery(task))
+                                   ahead=ahead and _first_delivery(task))
     except JobNotFound:
         log.warning("%s: job %s no longer exists; dropping", stage, job_id)
         raise Ignore() from None
