@@ -211,7 +211,14 @@ def test_a_handoff_is_the_message_celery_would_publish(redis_server, redis_clien
     celery = json.loads(redis_client.rpop(queue))
     ours = json.loads(stage_message(job, "enhance", plan_route(job, settings)).payload)
 
-    varying = {"id", "root_id", "origin", "correlation_id", "reply_to", "delivery_tag"}
+    varying = {"id", "root_id", "correlation_id", "reply_to", "delivery_tag"}
+    # its own ids, though the message is made from one built once per stage (tasks.pipeline._template)
+    again = json.loads(stage_message(job, "enhance", plan_route(job, settings), parent_id="p").payload)
+    for message in (ours, again, celery):
+        assert message["headers"]["id"] == message["headers"]["root_id"] == message["properties"]["correlation_id"]
+    assert again["headers"]["id"] != ours["headers"]["id"] and again["properties"]["delivery_tag"] != \
+        ours["properties"]["delivery_tag"]
+    assert (ours["headers"]["parent_id"], again["headers"]["parent_id"]) == (None, "p")
     assert ours.keys() == celery.keys()
     assert {k: v for k, v in ours["headers"].items() if k not in varying} == \
         {k: v for k, v in celery["headers"].items() if k not in varying}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import orjson
 import pytest
 from pydantic import ValidationError
 
@@ -74,6 +75,9 @@ def test_store_round_trip_and_transitions(redis_client):
                                end=JobStatus.SUCCEEDED, audit={"verdict": "pass"})
     assert final.status is JobStatus.SUCCEEDED and final.finished_at and final.audit == {"verdict": "pass"}
     assert 0 < redis_client.ttl(store_key("job", job.id)) <= 60  # TTL kept through updates
+    # the record is the job as to_dict gives it (orjson dumps the dataclass itself: tasks.store._dumps)
+    assert redis_client.get(store_key("job", job.id)) == orjson.dumps(final.to_dict())
+    assert Job.from_dict(orjson.loads(redis_client.get(store_key("job", job.id)))) == final
 
     with pytest.raises(InvalidTransition):
         store.fail(job.id, code="x", message="too late")
