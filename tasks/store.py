@@ -453,6 +453,6 @@ def _canceled(raw: bytes | None) -> bool:
 
 def _dumps(job: Job) -> bytes:
     """The stored record: compact JSON, written at every transition. orjson serializes the dataclass
-    itself, field by field — the bytes of ``job.to_dict()`` in ~2 µs where building that dict and
-    dumping it took ~8."""
+    itself — its attributes, which are its fields: the bytes of ``job.to_dict()`` in ~2 µs where
+    building that dict and dumping it took ~8."""
     return orjson.dumps(job)
