@@ -145,12 +145,17 @@ def run_all(args: argparse.Namespace, tmp: Path, *, started_all: float, load_sta
     base.set_progress_bar_config(disable=True)
     result: dict = {"args": args, "conversion": conversion, "load_s": {}, "job_s": {}, "job_range": {}, "step_s": {},
                     "unet_diff": {}, "pixel_diff": {}}
+    flags = cpu_flags() or frozenset()
+    bf16_units = has_bf16_units(flags)
+    if not bf16_units:  # the engine runs f32 here (bf16 would be emulated): there is no bf16 path to measure
+        print("this CPU has no bf16 units (avx512_bf16, amx_bf16): measuring the f32 phase only", flush=True)
     for phase, keys in PHASES.items():  # one phase at a time: the compiled models of one phase in memory
+        if phase == "bf16" and not bf16_units:
+            continue
         measure_phase(phase, keys, base=base, model=model, cache_dir=tmp / "models" / "openvino", args=args,
                       result=result)
         gc.collect()
-    flags = cpu_flags() or frozenset()
-    result.update(bf16_units=has_bf16_units(flags), amx="amx_bf16" in flags,
+    result.update(bf16_units=bf16_units, amx="amx_bf16" in flags,
                   loads=(load_start, os.getloadavg()[0]), elapsed=time.perf_counter() - started_all)
     report(result)
 
@@ -256,20 +261,24 @@ def report(r: dict) -> None:
         got = ratio(key, phase)
         return f"**{got:.2f}×** (goal ≥ {target:g}×: {'met' if got >= target else 'missed'})"
 
+    bf16 = "ov-bf16" in js  # not run on a CPU without bf16 units: the engine runs f32 there
+    skipped = "not run: this CPU has no bf16 units (the engine runs f32 here, as phase 2 measures)"
     jobs = table(("path (whole img2img job, batch 1)", "median", "range", "vs raw diffusers fp32 (same phase)"), [
-        ("phase 1 — raw diffusers fp32 (the baseline)", _s(js["raw@bf16"]), span("raw@bf16"), "1.00×"),
-        ("phase 1 — pixelmill engine, OpenVINO bf16 (the default here)", _s(js["ov-bf16"]), span("ov-bf16"),
-         goal("ov-bf16", "bf16", 4)),
-        ("phase 1 — pixelmill engine, torch bf16 autocast (the fallback)", _s(js["torch-bf16"]), span("torch-bf16"),
-         f"{ratio('torch-bf16', 'bf16'):.2f}×"),
+        *([("phase 1 — raw diffusers fp32 (the baseline)", _s(js["raw@bf16"]), span("raw@bf16"), "1.00×"),
+           ("phase 1 — pixelmill engine, OpenVINO bf16 (the default here)", _s(js["ov-bf16"]), span("ov-bf16"),
+            goal("ov-bf16", "bf16", 4)),
+           ("phase 1 — pixelmill engine, torch bf16 autocast (the fallback)", _s(js["torch-bf16"]),
+            span("torch-bf16"), f"{ratio('torch-bf16', 'bf16'):.2f}×")] if bf16 else
+          [("phase 1 — bf16 (OpenVINO bf16, torch bf16 autocast)", "—", "—", skipped)]),
         ("phase 2 — raw diffusers fp32 (the baseline)", _s(js["raw@f32"]), span("raw@f32"), "1.00×"),
         ("phase 2 — pixelmill engine, OpenVINO f32 (exact)", _s(js["ov-f32"]), span("ov-f32"),
          goal("ov-f32", "f32", 1.3)),
     ], align="lrrl")
     steps = table(("UNet step with CFG (batch 2, 64×64 latent)", "median", "vs torch fp32 (same phase)"), [
-        ("phase 1 — torch fp32", _s(ss["torch-f32@bf16"]), "1.00×"),
-        ("phase 1 — torch bf16 autocast", _s(ss["torch-bf16"]), f"{ss['torch-f32@bf16'] / ss['torch-bf16']:.2f}×"),
-        ("phase 1 — OpenVINO bf16", _s(ss["ov-bf16"]), f"{ss['torch-f32@bf16'] / ss['ov-bf16']:.2f}×"),
+        *([("phase 1 — torch fp32", _s(ss["torch-f32@bf16"]), "1.00×"),
+           ("phase 1 — torch bf16 autocast", _s(ss["torch-bf16"]), f"{ss['torch-f32@bf16'] / ss['torch-bf16']:.2f}×"),
+           ("phase 1 — OpenVINO bf16", _s(ss["ov-bf16"]), f"{ss['torch-f32@bf16'] / ss['ov-bf16']:.2f}×")] if bf16 else
+          [("phase 1 — bf16", "—", skipped)]),
         ("phase 2 — torch fp32", _s(ss["torch-f32@f32"]), "1.00×"),
         ("phase 2 — OpenVINO f32", _s(ss["ov-f32"]), f"{ss['torch-f32@f32'] / ss['ov-f32']:.2f}×"),
     ], align="lrr")
@@ -278,20 +287,21 @@ def report(r: dict) -> None:
         ("UNet (trace + convert + save)", f"{parts['unet']['seconds']:.0f} s, {parts['unet']['bytes'] / 2**30:.2f} GiB"),
         ("VAE encoder / decoder", f"{parts['vae_encoder']['seconds']:.0f} s / {parts['vae_decoder']['seconds']:.0f} s, "
                                   f"{(parts['vae_encoder']['bytes'] + parts['vae_decoder']['bytes']) / 2**20:.0f} MiB"),
-        ("the whole command (load fp32, convert, parity check, compile bf16)", f"{conv['seconds']:.0f} s"),
+        ("the whole command (load fp32, convert, parity check, compile)", f"{conv['seconds']:.0f} s"),
         ("its peak memory (RSS)", f"{conv['peak_rss'] / 2**30:.1f} GiB"),
         ("on disk (weights kept in fp32; bf16 and f32 workers share it)", f"{meta['bytes'] / 2**30:.2f} GiB"),
         ("a worker's start with the conversion on disk: compile + parity check, bf16 / f32",
-         f"{r['load_s']['ov-bf16']:.1f} s / {r['load_s']['ov-f32']:.1f} s"),
+         f"{r['load_s']['ov-bf16']:.1f} s / {r['load_s']['ov-f32']:.1f} s" if bf16 else
+         f"— / {r['load_s']['ov-f32']:.1f} s"),
     ])
     parity = table(("parity", "largest difference"), [
         ("OpenVINO f32 UNet vs torch fp32, the job's input (CFG batch 2, "
          f"{args.size // 8}×{args.size // 8} latent)", f"{r['unet_diff']['ov-f32']:.1e} (goal < 1e-4: "
                                                         f"{'met' if r['unet_diff']['ov-f32'] < 1e-4 else 'missed'})"),
-        ("OpenVINO bf16 UNet vs torch fp32, same input", f"{r['unet_diff']['ov-bf16']:.3f}"),
         ("image, OpenVINO f32 vs the engine on torch fp32, same seed (0–255)", str(r["pixel_diff"]["ov-f32"])),
-        ("image, OpenVINO bf16 vs torch fp32 (0–255)", str(r["pixel_diff"]["ov-bf16"])),
-        ("image, torch bf16 autocast vs torch fp32 (0–255)", str(r["pixel_diff"]["torch-bf16"])),
+        *([("OpenVINO bf16 UNet vs torch fp32, same input", f"{r['unet_diff']['ov-bf16']:.3f}"),
+           ("image, OpenVINO bf16 vs torch fp32 (0–255)", str(r["pixel_diff"]["ov-bf16"])),
+           ("image, torch bf16 autocast vs torch fp32 (0–255)", str(r["pixel_diff"]["torch-bf16"]))] if bf16 else []),
     ])
     units = ("bf16 units: avx512_bf16" + (" and AMX" if r["amx"] else ", no AMX")) if r["bf16_units"] else "no bf16 units"
     text = f"""## SD 1.5 on a CPU: the OpenVINO backend vs plain diffusers (`make bench-cpu-backends`)
@@ -320,9 +330,10 @@ then f32 (OpenVINO f32), so that only one phase's compiled models are in memory 
 
 
 NOTES = """
-What the figures say: bf16 is where the speed is. This CPU (AMD EPYC, Zen 4 class) has avx512_bf16
-but no AMX: OpenVINO's bf16 kernels use the AVX-512 BF16 dot products; on a Sapphire Rapids or later
-Xeon, AMX tiles make bf16 several times faster again. Without bf16 units pixelmill runs f32 (auto picks
+What the figures say: bf16 is where the speed is, on a CPU that has bf16 units. The AMD EPYC (Zen 4
+class) these figures were first taken on has avx512_bf16 but no AMX: OpenVINO's bf16 kernels use the
+AVX-512 BF16 dot products; on a Sapphire Rapids or later Xeon, AMX tiles make bf16 several times faster
+again (the machine line above says which units this run had; without them phase 1 is not run). Without bf16 units pixelmill runs f32 (auto picks
 torch there; `PIXELMILL_CPU_BACKEND=openvino` still gives the f32 row's gain). The f32 row is what
 OpenVINO's kernels and graph fusion give at the same precision; its parity is the start-up check's
 bound (1e-4). Torch bf16 autocast is what runs when a model cannot be converted, when the parity check
