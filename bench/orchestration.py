@@ -209,6 +209,16 @@ before (bfce569), `--no-write`: after 1.25× / 0.71×, 1.27× / 0.79×, 1.25× /
 0.77×, 1.33× / 0.76×, 1.35× / 0.73× — the p50 lower in every pair; in full bursts the answers are mostly
 there when read, and the CPU per job (psutil, 400-job bursts) stayed where it was on both commits.
 
+2026-12-04 (fifth session, another host: its CPU has no AVX-512, and every bench runs slower on it): a
+stage's message comes from a template that Celery's `app.amqp.as_task_v2` builds once per stage and
+process, each message filling in its ids, job and route (`tasks/pipeline.py::stage_message`: 18 µs
+where it took 42, `timeit`; four a job), and the record is dumped as the dataclass itself (orjson: the
+same bytes as `to_dict()` in 2.1 µs where 8.2; nine a job). Alternating runs of this bench against the
+commit before (fb5be88), `--no-write`: after 1.20× / 0.81×, 1.17× / 0.79×, 1.19× / 0.77×, 1.19× / 0.89×,
+1.18× / 0.82×; before 1.27× / 0.76×, 1.20× / 0.78×, 1.25× / 0.80×. CPU per job in 400-job bursts
+(psutil) moved less than the bursts vary (~0.1 ms of ~10.5); what is left is counted in
+docs/benchmarks.md ("The lean per-job path").
+
 Before the hand-offs (each stage's next link published by Celery's chain after the task) the same
 bench gave 1.57× / 0.59× (2026-12-02, 9311ced), and 1.70× / 0.62× in a shorter run of this session;
 before the transitions became server-side scripts, 1.75× / 0.32× (2026-11-28).""")
