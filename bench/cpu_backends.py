@@ -261,7 +261,7 @@ def report(r: dict) -> None:
         got = ratio(key, phase)
         return f"**{got:.2f}×** (goal ≥ {target:g}×: {'met' if got >= target else 'missed'})"
 
-    bf16 = "ov-bf16" in js  # not run on a CPU without bf16 units: the engine runs f32 there
+    bf16 = r["bf16_units"]  # phase 1 is not run without them: the engine runs f32 there
     skipped = "not run: this CPU has no bf16 units (the engine runs f32 here, as phase 2 measures)"
     jobs = table(("path (whole img2img job, batch 1)", "median", "range", "vs raw diffusers fp32 (same phase)"), [
         *([("phase 1 — raw diffusers fp32 (the baseline)", _s(js["raw@bf16"]), span("raw@bf16"), "1.00×"),

@@ -226,24 +226,15 @@ class Transition:
             self._client.script_load(_SCRIPT)  # EVALSHA below cannot load it itself
             self._loaded = True
         pool = self._client.connection_pool
-        connection = pool.get_connection()
-        sent = Sent(pool, connection)
-        try:
-            connection.send_command("EVALSHA", self._script.sha, 1, key, *_args(base, new, writes))
-        except BaseException:
-            sent.drop()
-            raise
+        sent = Sent(pool, pool.get_connection())
+        sent.send("EVALSHA", self._script.sha, 1, key, *_args(base, new, writes))
         return sent
 
     def follow(self, sent: "Sent", key: str, base: bytes, new: bytes, writes: Writes) -> tuple[CasResult, CasResult]:
         """Send a compare-and-set behind ``sent`` on its connection, then read both answers:
         Redis runs them in that order, so the second, made on the record the first writes, is
         applied only if the first was."""
-        try:
-            sent.connection.send_command("EVALSHA", self._script.sha, 1, key, *_args(base, new, writes))
-        except BaseException:
-            sent.drop()
-            raise
+        sent.send("EVALSHA", self._script.sha, 1, key, *_args(base, new, writes))
         first = sent.read(then_keep=True)
         return first, sent.read()
 
@@ -257,6 +248,14 @@ class Sent:
 
     def __init__(self, pool: redis.ConnectionPool, connection: Any) -> None:
         self._pool, self.connection = pool, connection
+
+    def send(self, *command: Any) -> None:
+        """Send a command on the connection (closed on any error, as ``read``)."""
+        try:
+            self.connection.send_command(*command)
+        except BaseException:
+            self.drop()
+            raise
 
     def read(self, *, then_keep: bool = False) -> CasResult:
         """The next answer on the connection; the connection goes back to its pool after the last

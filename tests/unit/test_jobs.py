@@ -152,8 +152,6 @@ def test_a_start_sent_ahead_is_read_behind_the_next_transition(redis_client):
     transition goes behind it on the same connection and reads both answers. Redis has applied the
     start (the live state, the attempt a poison input is caught by, the lease) while the stage
     works; the connection goes back to the pool."""
-    import orjson
-
     worker, web = JobStore(redis_client), JobStore(redis_client)
     job = web.create(_job())
     carried = redis_client.get(store_key("job", job.id))
